@@ -1,0 +1,129 @@
+"""Integer building blocks of realized modules, emitted into a Relax BlockBuilder.
+
+Conventions (fixed by tvm_mpq.quant_math, the numpy reference):
+- activations at 8 bits are asymmetric uint8 (zero point ``zp``); at 16 bits symmetric int16;
+- weights are symmetric per output channel: int8 for 4 and 8 bits (int4 stored packed two per byte,
+  unpacked inside the kernel), int16 for 16 bits;
+- every kernel returns the *centered* accumulator ``sum((xq - zp) * wq)`` in int32, or int64 when
+  the worst case of the layer's actual integer weights could overflow int32.
+
+uint8 x int8 with the zero point corrected afterwards (instead of subtracting it first) is the form
+an int8 dot-product instruction (x86 ``vpdpbusd``) consumes; padding uses ``zp`` so every window is
+full and the correction is one constant per output channel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax, te, topi
+
+INT32_MAX = 2**31 - 1
+
+
+def accumulator_dtype(max_abs_input: int, weight_abs_sum_max: int) -> str:
+    """int32 if ``max|x| * max_c sum|w_c|`` fits, else int64 (never a silent wrap)."""
+    return "int32" if int(max_abs_input) * int(weight_abs_sum_max) <= INT32_MAX else "int64"
+
+
+def emit_quantize(bb, x, scale: float, zero_point: int, qmin: int, qmax: int, dtype: str):
+    """``clip(round(x / scale) + zp, qmin, qmax)`` cast to ``dtype`` (quant_math.quantize)."""
+    q = relax.op.round(relax.op.divide(x, relax.const(np.float32(scale), "float32")))
+    if zero_point:
+        q = relax.op.add(q, relax.const(np.float32(zero_point), "float32"))
+    q = relax.op.clip(q, float(qmin), float(qmax))
+    return bb.emit(relax.op.astype(q, dtype))
+
+
+def emit_centered(bb, xq, zero_point: int):
+    """``int16(xq) - zp``: the exact signed value of an activation (for activation x activation)."""
+    x16 = relax.op.astype(xq, "int16")
+    if zero_point:
+        x16 = relax.op.subtract(x16, relax.const(np.int16(zero_point), "int16"))
+    return bb.emit(x16)
+
+
+def _unpack_int4(packed, index_fn, dtype="int8"):
+    """Element of a weight stored as two int4 per byte (low nibble first) along its last axis."""
+
+    def value(*idx):
+        row, k = index_fn(*idx)
+        byte = packed[row, k // 2].astype("int32")
+        nib = (byte >> ((k % 2) * 4)) & 15
+        return ((nib ^ 8) - 8).astype(dtype)
+
+    return value
+
+
+def emit_conv2d(bb, xq, weight, attrs, zero_point: int, weight_bits: int, weight_shape, acc_dtype: str):
+    """Integer conv2d (NCHW/OIHW) returning the centered accumulator.
+
+    ``weight`` is an int8/int16 OIHW constant, or for 4 bits a uint8 ``[O, ceil(I*KH*KW/2)]``
+    packed constant of the OIHW weight flattened per output channel.
+    """
+    pad = [int(p) for p in attrs.padding]
+    strides = [int(s) for s in attrs.strides]
+    dilation = [int(d) for d in attrs.dilation]
+    groups = int(attrs.groups)
+    if zero_point and any(pad):
+        # Pad with the zero point: the padded region then means real 0.0, like the float model.
+        top, left, bottom, right = pad
+        xq = bb.emit(
+            relax.op.nn.pad(xq, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zero_point))
+        )
+        pad = [0, 0, 0, 0]
+    if weight_bits == 4:
+        o, i, kh, kw = weight_shape
+
+        def conv_te(x, packed):
+            w = te.compute(
+                (o, i, kh, kw),
+                _unpack_int4(packed, lambda oo, ii, hh, ww: (oo, (ii * kh + hh) * kw + ww)),
+                name="unpack_int4",
+            )
+            return topi.nn.conv(x, w, strides, pad, dilation, groups, "NCHW", "OIHW", acc_dtype)
+
+        acc = bb.emit_te(conv_te, xq, weight, primfunc_name_hint="conv2d_int4")
+    else:
+        acc = bb.emit(
+            relax.op.nn.conv2d(
+                xq, weight, strides=strides, padding=pad, dilation=dilation, groups=groups,
+                data_layout="NCHW", kernel_layout="OIHW", out_dtype=acc_dtype,
+            )
+        )
+    return acc
+
+
+def emit_dense(bb, xq, weight, weight_bits: int, k: int, n: int, acc_dtype: str):
+    """Integer ``x[..., K] @ W[K, N]`` returning the accumulator.
+
+    ``weight`` is an int8/int16 ``[K, N]`` constant, or for 4 bits a uint8 ``[N, ceil(K/2)]``
+    packed constant (the torch ``[out, in]`` layout packed along ``in``).
+    """
+    if weight_bits == 4:
+
+        def dense_te(x, packed):
+            red = te.reduce_axis((0, k), name="k")
+            unpack = _unpack_int4(packed, lambda nn, kk: (nn, kk), acc_dtype)
+            lead = x.shape[:-1]
+            return te.compute(
+                (*lead, n),
+                lambda *idx: te.sum(x[(*idx[:-1], red)].astype(acc_dtype) * unpack(idx[-1], red), axis=red),
+                name="dense_int4",
+            )
+
+        return bb.emit_te(dense_te, xq, weight, primfunc_name_hint="dense_int4")
+    return bb.emit(relax.op.matmul(xq, weight, out_dtype=acc_dtype))
+
+
+def emit_zero_point_correction(bb, acc, zero_point: int, weight_sums: np.ndarray, shape, acc_dtype: str):
+    """``acc - zp * sum_k w[c, k]``: from ``sum(xq * w)`` to ``sum((xq - zp) * w)``."""
+    if not zero_point:
+        return acc
+    corr = (np.int64(zero_point) * weight_sums.astype(np.int64)).reshape(shape).astype(acc_dtype)
+    return bb.emit(relax.op.subtract(acc, relax.const(corr, acc_dtype)))
+
+
+def emit_dequantize(bb, acc, scale: np.ndarray, shape):
+    """``float32(acc) * scale`` with a per-output-channel scale (activation scale x weight scale)."""
+    s = np.asarray(scale, dtype=np.float32).reshape(shape)
+    return bb.emit(relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(s, "float32")))
