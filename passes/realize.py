@@ -16,6 +16,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from tvm_mpq.plan import output_scale
 from tvm_mpq.quant_math import pack_int4
 
 from . import integer_ops as iops
@@ -102,10 +103,8 @@ class RealizeQuantization:
                 )
                 shape = (1, o, 1, 1)
                 acc = iops.emit_zero_point_correction(self.builder_, acc, int(enc.zero_point), w2d.sum(1), shape, acc_dtype)
-                scale = np.float64(enc.scale) * np.asarray(wenc.scale, np.float64)
-                out = relax.op.multiply(
-                    relax.op.astype(acc, "float32"), relax.const(scale.astype(np.float32).reshape(shape), "float32")
-                )
+                scale = output_scale(oq.act, wenc).reshape(shape)
+                out = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale, "float32"))
                 return out, self.info(enc, wenc, acc_dtype)
 
             def realize_dense(self, op, oq, args, call):
@@ -118,8 +117,8 @@ class RealizeQuantization:
                 const = _weight_const(w_nk if wenc.bits == 4 else np.ascontiguousarray(w_nk.T), wenc.bits)
                 acc = iops.emit_dense(self.builder_, xq, const, wenc.bits, k, n, acc_dtype)
                 acc = iops.emit_zero_point_correction(self.builder_, acc, int(enc.zero_point), w_nk.sum(1), (n,), acc_dtype)
-                scale = np.float64(enc.scale) * np.asarray(wenc.scale, np.float64)
-                out = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale.astype(np.float32), "float32"))
+                scale = output_scale(oq.act, wenc)
+                out = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale, "float32"))
                 return out, self.info(enc, wenc, acc_dtype)
 
             def realize_matmul(self, op, oq, args, call):
@@ -130,20 +129,19 @@ class RealizeQuantization:
                         ops_.append(None)
                     else:
                         ops_.append(iops.emit_centered(bb, self.quantized(x, enc), int(enc.zero_point)))
+                scale = output_scale(oq.act, None).reshape(1)
                 if any(c is None for c in ops_):
-                    # One operand float: run in float, the quantized operand dequantized.
-                    vals = [
-                        x if c is None else bb.emit(relax.op.multiply(relax.op.astype(c, "float32"), relax.const(np.float32(e.scale))))
-                        for x, c, e in zip(args, ops_, oq.act)
-                    ]
-                    return relax.op.matmul(vals[0], vals[1], out_dtype="float32"), {
+                    # One operand float: a float matmul of the centered integers and the float
+                    # operand, rescaled once (the arithmetic the simulation does).
+                    vals = [x if c is None else bb.emit(relax.op.astype(c, "float32")) for x, c in zip(args, ops_)]
+                    mm = bb.emit(relax.op.matmul(vals[0], vals[1], out_dtype="float32"))
+                    return relax.op.multiply(mm, relax.const(scale, "float32")), {
                         "activation": "/".join("float" if e is None else _act_dtype(e) for e in oq.act),
                         "weight": "-", "accumulator": "float32",
                     }
                 k = int(args[0].ty.shape.values[-1])
                 acc_dtype = iops.accumulator_dtype(_act_max_abs(oq.act[0]), k * _act_max_abs(oq.act[1]))
                 acc = bb.emit(relax.op.matmul(ops_[0], ops_[1], out_dtype=acc_dtype))
-                scale = np.float32(np.float64(oq.act[0].scale) * np.float64(oq.act[1].scale))
                 out = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale, "float32"))
                 return out, {
                     "activation": "int16 (centered)", "weight": "int16 (centered activation)",

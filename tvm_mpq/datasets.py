@@ -31,7 +31,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _IMAGENET_DIR = "imagenet-sample-256"
 _STS_FILE = "sts-dev.csv"
 # Natural RGB photos in skimage/data that ship with the wheel (no pooch download). Grayscale,
-# synthetic (chessboard, phantom), RGBA silhouettes and the stereo twin motorcycle_right are left out.
+# synthetic (chessboard, phantom), RGBA silhouettes and the stereo twin motorcycle_right are left
+# out.
 _SKIMAGE_PHOTOS = (
     "astronaut.png",
     "chelsea.png",
@@ -164,7 +165,9 @@ def sts_dev(limit: int | None = None) -> list[tuple[str, str, float]]:
             if not row:
                 continue
             if len(row) < 7:
-                raise ValueError(f"{path}:{lineno}: expected >= 7 tab-separated fields, got {len(row)}")
+                raise ValueError(
+                    f"{path}:{lineno}: expected >= 7 tab-separated fields, got {len(row)}"
+                )
             pairs.append((row[5], row[6], float(row[4])))
     if len(pairs) != 1500:
         raise ValueError(f"{path}: expected 1500 STS dev pairs, parsed {len(pairs)}")

@@ -25,3 +25,18 @@ class OpQuant:
     @property
     def is_float(self) -> bool:
         return all(a is None for a in self.act)
+
+
+def output_scale(act: tuple[Encoding | None, ...], weight: Encoding | None) -> np.ndarray:
+    """The one float32 rescale of an integer accumulator: product of operand scales, per channel.
+
+    Computed in float64 then rounded once, here only, so simulation and realization multiply by
+    the very same float32 numbers.
+    """
+    s = np.float64(1.0)
+    for a in act:
+        if a is not None:
+            s = s * np.float64(a.scale)
+    if weight is not None:
+        s = s * np.asarray(weight.scale, np.float64)
+    return np.asarray(s, dtype=np.float32)

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from tvm import relax
 
 from tvm_mpq.passes.realize import RealizeQuantization
-from tvm_mpq.passes.simulate import QPARAM_FIELDS, SimulateQuantization
+from tvm_mpq.passes.simulate import QPARAM_FIELDS, SimulateQuantization, output_scale_shape
 from tvm_mpq.targets import host_target, parse_target
 
 from .calibration import ActivationObserver, Encoding, weight_encoding
@@ -26,7 +26,7 @@ from .config import FLOAT, Candidate, Config, as_config
 from .errors import CalibrationError
 from .frontend import FloatModel, import_model
 from .graph import QuantGraph, analyze
-from .plan import OpQuant
+from .plan import OpQuant, output_scale
 from .relax_utils import with_main
 
 _METHODS = ("mse", "minmax")
@@ -229,23 +229,21 @@ class Quantizer:
         return self._sim_vm
 
     def _sim_weight(self, param: str, op_name: str | None, bits: int | None) -> tvm.runtime.Tensor:
+        """A weight input of the simulation: its integer values when quantized, else the floats."""
         key = (param, bits)
         if key not in self._sim_weights:
-            if bits is None:
-                value = self.float_model.params[param]
-            else:
-                enc, q = self.weight_quant(op_name, bits)
-                value = enc.dequantize(q)
+            value = self.float_model.params[param] if bits is None else self.weight_quant(op_name, bits)[1]
             self._sim_weights[key] = tvm.runtime.tensor(np.ascontiguousarray(value, dtype=np.float32))
         return self._sim_weights[key]
 
     def simulation_args(self, config: Config) -> list[tvm.runtime.Tensor]:
-        """Weights (fake-quantized per config) and the groups' qparams vectors, in ``main`` order."""
-        weight_bits = {}
-        for name, op in self.graph.ops.items():
-            if op.weight is not None:
-                c = config[self.graph.group_of(name, 0).name]
-                weight_bits[op.weight] = (name, None if c.is_float else c.weight_bits)
+        """Weights, group qparams and op output scales for ``config``, in ``main``'s order."""
+        plan = self.plan(config)
+        weight_bits = {
+            op.weight: (name, None if plan[name].weight is None else plan[name].weight.bits)
+            for name, op in self.graph.ops.items()
+            if op.weight is not None
+        }
         args = []
         for v in self.float_model.main.params[self.float_model.num_inputs :]:
             op_name, bits = weight_bits.get(v.name, (None, None))
@@ -259,6 +257,12 @@ class Quantizer:
                 vec = [e.scale, float(e.zero_point), float(e.qmin), float(e.qmax), 1.0]
             assert len(vec) == len(QPARAM_FIELDS)
             args.append(tvm.runtime.tensor(np.asarray(vec, dtype=np.float32)))
+        out_ty = {b.var.name: b.var.ty for blk in self.float_model.main.body.blocks for b in blk.bindings}
+        for name, op in self.graph.ops.items():
+            shape = output_scale_shape(op, out_ty[op.var])
+            scale = output_scale(plan[name].act, plan[name].weight).reshape(-1)
+            value = np.broadcast_to(scale, (int(np.prod(shape)),)).reshape(shape)
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(value, dtype=np.float32)))
         return args
 
     def simulate(self, config, *inputs) -> list[np.ndarray]:

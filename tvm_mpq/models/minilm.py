@@ -225,7 +225,7 @@ def _load_state(model: BertEncoderModel, path: Path) -> None:
 
 
 def load_minilm():
-    """(model, tokenizer): the all-MiniLM-L6-v2 encoder in eval mode and its ``tokenizers`` tokenizer.
+    """(model, tokenizer): the all-MiniLM-L6-v2 encoder (eval mode) and its tokenizer.
 
     The tokenizer is built from the package's ``tokenizer.json`` (BERT normaliser with
     lower-casing, WordPiece, [CLS]/[SEP] template); use ``encode_batch`` for fixed-length arrays.

@@ -41,7 +41,8 @@ _SETTINGS = (
 
 
 class ConvBNReLU6(nn.Sequential):
-    """Conv2d (no bias) + BatchNorm2d + ReLU6; children 0, 1, 2 as torchvision's Conv2dNormActivation."""
+    """Conv2d (no bias), BatchNorm2d, ReLU6: children 0, 1, 2 like torchvision's
+    Conv2dNormActivation."""
 
     def __init__(self, inp: int, oup: int, kernel_size: int = 3, stride: int = 1, groups: int = 1):
         padding = (kernel_size - 1) // 2
