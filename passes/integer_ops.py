@@ -30,7 +30,7 @@ def emit_quantize(bb, x, scale: float, zero_point: int, qmin: int, qmax: int, dt
     q = relax.op.round(relax.op.divide(x, relax.const(np.float32(scale), "float32")))
     if zero_point:
         q = relax.op.add(q, relax.const(np.float32(zero_point), "float32"))
-    q = relax.op.clip(q, float(qmin), float(qmax))
+    q = relax.op.clip(q, int(qmin), int(qmax))
     return bb.emit(relax.op.astype(q, dtype))
 
 

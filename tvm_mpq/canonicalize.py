@@ -12,6 +12,7 @@ import tvm
 from tvm import relax
 
 from .frontend import FloatModel
+from .graph import module_name
 from .relax_utils import op_name, uniquify_binding_names, with_main
 
 
@@ -77,8 +78,8 @@ def fold_batch_norm(fm: FloatModel) -> FloatModel:
         scale = gamma / np.sqrt(var_ + float(bn.attrs.epsilon))
         bias = (old_bias.reshape(-1) if old_bias is not None else 0.0) - mean
         params[w.name] = (params[w.name] * scale.reshape(-1, 1, 1, 1)).astype(np.float32)
-        stem = w.name[: -len(".weight")] if w.name.endswith(".weight") else w.name
-        b_name = f"{stem}.bias"
+        sep = "_" if w.name.endswith("_weight") else "."
+        b_name = f"{module_name(w.name)}{sep}bias"
         while b_name in params:
             b_name += "_folded"
         params[b_name] = (bias * scale + beta).astype(np.float32)

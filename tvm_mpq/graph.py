@@ -92,11 +92,12 @@ class QuantGraph:
         return [g.root for g in self.groups.values()]
 
 
-def _strip_weight(name: str) -> str:
+def module_name(weight_name: str) -> str:
+    """``"features.0.0.weight"`` -> ``"features.0.0"`` (also ``_weight`` and ``.kernel``)."""
     for suffix in (".weight", "_weight", ".kernel"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+        if weight_name.endswith(suffix):
+            return weight_name[: -len(suffix)]
+    return weight_name
 
 
 def analyze(fm: FloatModel) -> QuantGraph:
@@ -153,7 +154,7 @@ def analyze(fm: FloatModel) -> QuantGraph:
             out_shape = static_shape(var.ty)
             w_shape = fm.params[w.name].shape
             macs = int(np.prod(out_shape)) * int(np.prod(w_shape[1:]))
-            op = QuantOp(_strip_weight(w.name), "conv2d", var.name, (root.name,), w.name, False, macs)
+            op = QuantOp(module_name(w.name), "conv2d", var.name, (root.name,), w.name, False, macs)
             last_module = op.name
         elif name == "relax.matmul":
             lhs, rhs = value.args
@@ -175,19 +176,19 @@ def analyze(fm: FloatModel) -> QuantGraph:
                     continue
                 k = fm.params[w.name].shape[1 if transposed else 0]
                 macs = int(np.prod(static_shape(var.ty))) * int(k)
-                op = QuantOp(_strip_weight(w.name), "dense", var.name, (root.name,), w.name, transposed, macs)
+                op = QuantOp(module_name(w.name), "dense", var.name, (root.name,), w.name, transposed, macs)
                 last_module = op.name
             else:
                 r0, r1 = root_of(lhs), root_of(rhs)
                 if r0 is None or r1 is None:
                     unquantized.append((var.name, name, "an operand is a constant, not an activation"))
                     continue
-                prefix = last_module.rsplit(".", 1)[0] if "." in last_module else (last_module or "matmul")
+                prefix = last_module.rsplit(".", 1)[0] if "." in last_module else ""
                 i = matmul_counter.get(prefix, 0)
                 matmul_counter[prefix] = i + 1
                 k = static_shape(lhs.ty)[-1]
                 macs = int(np.prod(static_shape(var.ty))) * int(k)
-                op = QuantOp(f"{prefix}.matmul_{i}", "matmul", var.name, (r0.name, r1.name), None, False, macs)
+                op = QuantOp(f"{prefix}.matmul_{i}" if prefix else f"matmul_{i}", "matmul", var.name, (r0.name, r1.name), None, False, macs)
         else:
             if any(short == s for s in _NOT_YET_QUANTIZABLE):
                 unquantized.append((var.name, name, "no integer realization for this op yet"))
