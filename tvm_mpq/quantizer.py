@@ -179,9 +179,13 @@ class Quantizer:
 
     # ----------------------------------------------------------------- encodings and plans
     def activation_encoding(self, group: str, bits: int) -> Encoding:
+        """Range of a group's activation at ``bits``. At 16 bits the rounding error is negligible and
+        any clipping costs more than it saves (MobileNetV2 w16a16: 49 dB minmax, 32 dB mse), so
+        16-bit activations always use minmax; ``method`` applies to 8 bits."""
         key = (group, bits)
         if key not in self._act_enc:
-            self._act_enc[key] = self.observers[group].encoding(bits, method=self.method)
+            method = self.method if bits <= 8 else "minmax"
+            self._act_enc[key] = self.observers[group].encoding(bits, method=method)
         return self._act_enc[key]
 
     def weight_quant(self, op_name: str, bits: int) -> tuple[Encoding, np.ndarray]:
