@@ -22,6 +22,7 @@ from tvm import relax
 from tvm_mpq.passes import integer_ops as iops
 from tvm_mpq.quant_math import pack_int4, qrange, quantize, unpack_int4
 from tvm_mpq.targets import host_target
+from tvm_mpq.targets.pipeline import build
 
 INT32_MAX = 2**31 - 1
 
@@ -76,7 +77,8 @@ def _build_run(params, emit_outputs, inputs):
             outs = [bb.emit_output(o) for o in emit_outputs(bb)]
         bb.emit_func_output(relax.Tuple(outs))
     mod = bb.get()
-    ex = tvm.compile(mod, target=_target())
+    # The pipeline realized modules are compiled with (fusion + template schedules).
+    ex = build(mod, host_target())
     vm = relax.VirtualMachine(ex, tvm.cpu())
     res = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in inputs])
     return [res[i].numpy() for i in range(len(outs))], mod

@@ -18,6 +18,7 @@ from tvm_mpq.calibration import sqnr_db
 from tvm_mpq.passes.realize import RealizeQuantization
 from tvm_mpq.passes.simulate import SimulateQuantization
 from tvm_mpq.targets import host_target
+from tvm_mpq.targets.pipeline import relax_pipeline
 
 
 class SmallNet(torch.nn.Module):
@@ -62,8 +63,10 @@ def main():
         ]
     )
     realized = my_pipeline(q.float_model.mod)
-    target = host_target().target
-    exe = tvm.compile(realized, target=target, relax_pipeline=relax.backend.cpu_generic.get_default_pipeline(target))
+    # tvm_mpq's CPU pipeline is TVM's cpu_generic one plus template schedules (parallel + vector
+    # loops); relax.backend.cpu_generic.get_default_pipeline(target) works too, just slower.
+    host = host_target()
+    exe = tvm.compile(realized, target=host.target, relax_pipeline=relax_pipeline(host))
     vm = relax.VirtualMachine(exe, tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(example))[0].numpy()
 

@@ -2,7 +2,8 @@
 
 ``tvm_mpq.compile(model, target, calibration=..., config=...)`` imports a float model, calibrates it
 on unlabeled data, and returns a module whose layers run real integer kernels at the bit-widths of
-the configuration (group name -> "w8a8" / "w4a8" / "w8a16" / "w16a16" / "float").
+the configuration (group name -> "w8a8" / "w4a8" / "w8a16" / "w16a16" / "float") -- given, or found by
+the mixed-precision search (``tvm_mpq.search``) within an accuracy / SQNR / cost budget.
 """
 
 from .config import DEFAULT_CANDIDATES, FLOAT, Candidate, Config
@@ -16,6 +17,8 @@ from .errors import (
 )
 from .quantizer import Quantizer
 from .result import QuantizedModule
+from .search import InfeasibleBudgetError, SearchResult
+from .search import search as run_search
 
 __version__ = "0.1.0"
 
@@ -28,22 +31,63 @@ def compile(  # noqa: A001 - the name users asked for, like tvm.compile
     example_inputs=None,
     method: str = "mse",
     progress: bool = True,
+    *,
+    candidates=None,
+    eval_fn=None,
+    allowed_accuracy_drop: float | None = None,
+    sqnr_floor_db: float | None = None,
+    cost_budget: float | None = None,
+    search: str = "binary",
+    reverse: bool = False,
+    results_dir=None,
+    clean_start: bool = False,
 ) -> QuantizedModule:
-    """Quantize ``model`` per ``config`` and compile it for ``target``.
+    """Quantize ``model`` per ``config`` (or a searched one) and compile it for ``target``.
 
     model: a torch.nn.Module (with ``example_inputs``), a torch.export.ExportedProgram, an ONNX
         model or .onnx path, or a Relax IRModule (weights bound or as parameters).
     target: a legacy string ("llvm -mcpu=znver4"), a dict, a tvm.target.Target; None = this host.
-    calibration: iterable of batches (tuple of arrays in input order, or one array).
-    config: a tvm_mpq.Config, a JSON path, or one candidate for all groups; None = uniform "w8a8"
-        (the search that picks one lands with the search issue).
+    calibration: iterable of batches (tuple of arrays in input order, or one array); read once.
+    config: a tvm_mpq.Config, a JSON path, or one candidate for all groups. None = search for one
+        (``tvm_mpq.search.search``) within the budget given by the keyword arguments --
+        ``eval_fn`` + ``allowed_accuracy_drop``, ``sqnr_floor_db`` (default 30 dB when no budget is
+        given), ``cost_budget`` (relative BOPs) -- over ``candidates``, with the calibration
+        batches as phase-1 data; the result is on the returned module's ``.search``. An
+        infeasible budget raises ``InfeasibleBudgetError`` naming the best achievable score.
     method: activation range method, "mse" (default) or "minmax".
     """
-    quantizer = Quantizer(model, target, calibration, example_inputs, method=method, progress=progress)
-    return quantizer.realize(config)
+    searching = {
+        "candidates": candidates is not None, "eval_fn": eval_fn is not None,
+        "allowed_accuracy_drop": allowed_accuracy_drop is not None, "sqnr_floor_db": sqnr_floor_db is not None,
+        "cost_budget": cost_budget is not None, "search": search != "binary", "reverse": bool(reverse),
+        "results_dir": results_dir is not None, "clean_start": bool(clean_start),
+    }
+    if config is not None and any(searching.values()):
+        raise ConfigError(
+            f"search options ({', '.join(k for k, v in searching.items() if v)}) apply only when "
+            f"config is None (then the search chooses the configuration); drop them or the config"
+        )
+    # The calibration iterable may be a one-shot generator: read it once, for calibration and search.
+    batches = None if calibration is None else list(calibration)
+    quantizer = Quantizer(model, target, batches, example_inputs, method=method, progress=progress)
+    if config is not None:
+        module = quantizer.realize(config)
+        module.search = None
+        return module
+    result = run_search(
+        quantizer, candidates=candidates, calibration_inputs=batches, eval_fn=eval_fn,
+        allowed_accuracy_drop=allowed_accuracy_drop, sqnr_floor_db=sqnr_floor_db, cost_budget=cost_budget,
+        search=search, reverse=reverse, results_dir=results_dir, clean_start=clean_start, progress=progress,
+    )
+    if not result.feasible:
+        raise InfeasibleBudgetError(result.message)
+    module = quantizer.realize(result.config)
+    module.search = result
+    return module
 
 
 __all__ = [
     "compile", "Quantizer", "QuantizedModule", "Config", "Candidate", "FLOAT", "DEFAULT_CANDIDATES",
+    "SearchResult", "InfeasibleBudgetError",
     "TvmMpqError", "TargetError", "ConfigError", "CalibrationError", "ModelImportError", "ModelUnavailable",
 ]

@@ -19,6 +19,7 @@ from tvm import relax
 from tvm_mpq.passes.realize import RealizeQuantization
 from tvm_mpq.passes.simulate import QPARAM_FIELDS, SimulateQuantization, output_scale_shape
 from tvm_mpq.targets import host_target, parse_target
+from tvm_mpq.targets.pipeline import build
 
 from .calibration import ActivationObserver, Encoding, weight_encoding
 from .canonicalize import canonicalize
@@ -33,10 +34,8 @@ _METHODS = ("mse", "minmax")
 
 
 def build_relax_module(mod: tvm.IRModule, target_info) -> relax.VMExecutable:
-    """Compile with fusion (the cpu_generic pipeline) for the target."""
-    target = target_info.target
-    pipeline = relax.backend.cpu_generic.get_default_pipeline(target)
-    return tvm.compile(mod, target=target, relax_pipeline=pipeline)
+    """Compile with fusion and the project's template schedules for the target."""
+    return build(mod, target_info)
 
 
 def _to_numpy(x) -> np.ndarray:
