@@ -200,7 +200,7 @@ def small():
     calib = _batches((2, 3, 9, 9), 3, seed=2)
     x = calib[0]
     ep = torch.export.export(model, (torch.from_numpy(x),))
-    qm = tvm_mpq.compile(model, calibration=calib, example_inputs=(torch.from_numpy(x),), progress=False)
+    qm = tvm_mpq.compile(model, calibration=calib, example_inputs=(torch.from_numpy(x),), progress=False, config="w8a8")
     return {"model": model, "calib": calib, "x": x, "ep": ep, "qm": qm, "ref": _torch_ref(model, x)}
 
 
@@ -219,7 +219,7 @@ def tiny(tiny_calib):
 
 def _compile_tiny(tiny_calib, **kwargs):
     torch.manual_seed(0)
-    args = dict(model=Tiny().eval(), calibration=tiny_calib, example_inputs=(torch.zeros(2, 4),), progress=False)
+    args = dict(model=Tiny().eval(), calibration=tiny_calib, example_inputs=(torch.zeros(2, 4),), progress=False, config="w8a8")
     args.update(kwargs)
     return tvm_mpq.compile(**args)
 
@@ -364,7 +364,7 @@ def test_torch_module_with_torch_tensors(small):
     # example_inputs as one bare tensor, calibration batches as torch tensors.
     model, calib, x = small["model"], small["calib"], small["x"]
     qm = tvm_mpq.compile(model, calibration=[torch.from_numpy(c) for c in calib],
-                         example_inputs=torch.from_numpy(x), progress=False)
+                         example_inputs=torch.from_numpy(x), progress=False, config="w8a8")
     assert qm.config == Config({"conv": "w8a8", "fc": "w8a8"})
     out_np = qm.run(x)
     np.testing.assert_array_equal(qm.run(torch.from_numpy(x)), out_np)
@@ -377,7 +377,7 @@ def test_torch_module_with_torch_tensors(small):
 
 
 def test_exported_program(small):
-    qm = tvm_mpq.compile(small["ep"], calibration=small["calib"], progress=False)
+    qm = tvm_mpq.compile(small["ep"], calibration=small["calib"], progress=False, config="w8a8")
     assert qm.quantizer.group_names == ["conv", "fc"]
     np.testing.assert_allclose(qm.run(small["x"]), small["qm"].run(small["x"]), rtol=0, atol=1e-6)
 
@@ -385,7 +385,7 @@ def test_exported_program(small):
 def test_onnx_model_proto_and_path(small, tmp_path):
     model, w = _onnx_conv_gemm()
     calib, x = small["calib"], small["x"]
-    qm = tvm_mpq.compile(model, calibration=calib, progress=False)
+    qm = tvm_mpq.compile(model, calibration=calib, progress=False, config="w8a8")
     assert qm.quantizer.group_names == ["conv1", "fc1"]
     assert qm.config == Config({"conv1": "w8a8", "fc1": "w8a8"})
     out = qm.run(x)
@@ -413,7 +413,7 @@ def test_relax_module_with_weights_as_parameters(small):
     from tvm.relax.frontend.torch import from_exported_program
 
     mod = from_exported_program(small["ep"], keep_params_as_input=True)
-    qm = tvm_mpq.compile(mod, calibration=small["calib"], progress=False)
+    qm = tvm_mpq.compile(mod, calibration=small["calib"], progress=False, config="w8a8")
     assert len(qm.quantizer.group_names) == 2 and qm.unquantized_ops == []
     np.testing.assert_allclose(qm.run(small["x"]), small["qm"].run(small["x"]), rtol=0, atol=1e-6)
 
@@ -425,7 +425,7 @@ def relax_bound(small):
 
     mod = from_exported_program(small["ep"])
     assert len(mod["main"].params) == 1  # only the input: every weight is a constant
-    return tvm_mpq.compile(mod, calibration=small["calib"], progress=False)
+    return tvm_mpq.compile(mod, calibration=small["calib"], progress=False, config="w8a8")
 
 
 def test_relax_bound_constants_conv_is_lifted_and_runs(relax_bound, small):
@@ -679,7 +679,7 @@ _ZNVER4_SCRIPT = textwrap.dedent(
         sys.exit(0)
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((2, 3, 9, 9)).astype(np.float32) for _ in range(2)]
-    qm = tvm_mpq.compile(sys.argv[1], target="llvm -mcpu=znver4", calibration=calib, progress=False)
+    qm = tvm_mpq.compile(sys.argv[1], target="llvm -mcpu=znver4", calibration=calib, progress=False, config="w8a8")
     print("COMPILED", qm.target)
     qm.export_library(sys.argv[2])
     print("EXPORTED")

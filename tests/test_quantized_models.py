@@ -48,11 +48,14 @@ def test_mobilenet_candidate_ordering(mobilenet):
     assert sqnr["w16a16"] >= 45.0, sqnr
 
 
-@pytest.mark.parametrize("candidate", ["w8a8", "mixed"])
+@pytest.mark.parametrize("candidate", ["w8a8", "w16a16", "mixed"])
 def test_mobilenet_realized_agrees_with_simulated(mobilenet, candidate):
     q, x, _ = mobilenet
     if candidate == "mixed":
-        cands = ["w8a8", "w4a8", "w8a16", "w16a16", "float"]
+        # Not w16a16 here: its simulation accumulates in float32 (16x16-bit products exceed its
+        # 24-bit mantissa), and 8-bit layers downstream turn those tiny differences into rounding
+        # flips (about 23 dB agreement; see the README's limits).
+        cands = ["w8a8", "w4a8", "w8a16", "float"]
         config = tvm_mpq.Config({g: cands[i % len(cands)] for i, g in enumerate(q.group_names)})
     else:
         config = candidate

@@ -111,7 +111,9 @@ def fingerprint(quantizer, candidates: Iterable[str | Candidate], calibration_in
         "weights": digest_arrays(params[k] for k in sorted(params))[:16]
         + f" ({len(params)} tensors)",
         "calibration_statistics": h.hexdigest()[:16],
-        "candidates": [str(c) for c in sorted({Candidate.parse(c) for c in candidates}, key=precision_key, reverse=True)],
+        "candidates": [
+            str(c) for c in sorted({Candidate.parse(c) for c in candidates}, key=precision_key, reverse=True)
+        ],
         "phase1_inputs": digest_inputs(calibration_inputs)[:16],
         "range_methods": {"activations": quantizer.method, "weights": quantizer.weight_method},
         "score": PHASE1_SCORE,
@@ -167,9 +169,10 @@ class ResultsCache:
                 f"or choose another results_dir"
             ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
+            fmt = data.get("format") if isinstance(data, dict) else None
             raise StaleCacheError(
-                f"{path!r} is not a tvm_mpq search cache (format {data.get('format') if isinstance(data, dict) else None!r}, "
-                f"expected {FORMAT!r}); pass clean_start=True to start over or choose another results_dir"
+                f"{path!r} is not a tvm_mpq search cache (format {fmt!r}, expected {FORMAT!r}); pass "
+                f"clean_start=True to start over or choose another results_dir"
             )
         if data.get("fingerprint") != self.fingerprint.digest:
             old = data.get("fingerprint_parts", {})

@@ -142,8 +142,10 @@ class Config(Mapping[str, Candidate]):
                 data = json.load(f)
         except FileNotFoundError:
             raise ConfigError(f"configuration file {os.fspath(path)!r} does not exist") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"configuration file {os.fspath(path)!r} is not valid JSON: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read configuration file {os.fspath(path)!r}: {e}") from None
         groups = data.get("groups", data) if isinstance(data, dict) else None
         if not isinstance(groups, dict):
             raise ConfigError(
@@ -164,6 +166,9 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
             json.dump(data, f, indent=2)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; respect the umask like open() does
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

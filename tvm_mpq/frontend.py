@@ -16,7 +16,7 @@ import tvm
 from tvm import relax
 
 from .errors import ModelImportError
-from .relax_utils import remap_vars, static_shape, with_main
+from .relax_utils import op_name, remap_vars, static_shape, with_main
 
 
 @dataclass
@@ -177,25 +177,45 @@ _WEIGHTED_OPS = ("relax.nn.conv2d", "relax.matmul")
 
 
 def _lift_weight_constants(fm: FloatModel) -> FloatModel:
-    """Turn constant weights of conv2d/matmul into named parameters ("conv2d_3.weight")."""
+    """Turn constant weights of conv2d / matmul into named parameters ("conv2d_3.weight").
+
+    A linear layer's constant sits behind a ``permute_dims`` (``matmul(x, permute_dims(W))``); it is
+    lifted there so the analysis sees the usual transposed-dense pattern.
+    """
     func = fm.main
     counters: dict[str, int] = {}
     lifted: list[tuple[relax.Var, np.ndarray]] = []
+
+    def lift(const, kind):
+        i = counters.get(kind, 0)
+        counters[kind] = i + 1
+        var = relax.Var(f"{kind}_{i}.weight", const.ty)
+        lifted.append((var, const.value.numpy()))
+        return var
+
+    def is_weight_const(expr):
+        return isinstance(expr, tvm.ir.GenericConst) and len(expr.value.shape) >= 2
 
     @relax.expr_functor.mutator
     class Lifter(relax.PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if isinstance(call.op, tvm.ir.Op) and call.op.name in _WEIGHTED_OPS and len(call.args) >= 2:
-                w = call.args[1]
-                if isinstance(w, tvm.ir.GenericConst) and len(w.value.shape) >= 2:
-                    kind = call.op.name.split(".")[-1]
-                    i = counters.get(kind, 0)
-                    counters[kind] = i + 1
-                    var = relax.Var(f"{kind}_{i}.weight", w.ty)
-                    lifted.append((var, w.value.numpy()))
-                    return relax.Call(call.op, [call.args[0], var, *call.args[2:]], call.attrs, call.ty_args, call.span)
-            return call
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name in _WEIGHTED_OPS and len(call.args) >= 2):
+                return call
+            w = call.args[1]
+            kind = call.op.name.split(".")[-1]
+            if is_weight_const(w):
+                w = lift(w, kind)
+            elif isinstance(w, relax.Var) and kind == "matmul":
+                producer = self.lookup_binding(w)
+                if op_name(producer) == "relax.permute_dims" and is_weight_const(producer.args[0]):
+                    t = self.builder_.emit(
+                        relax.Call(producer.op, [lift(producer.args[0], "linear")], producer.attrs)
+                    )
+                    w = t
+            if w.same_as(call.args[1]):
+                return call
+            return relax.Call(call.op, [call.args[0], w, *call.args[2:]], call.attrs, call.ty_args, call.span)
 
     new_body = Lifter().visit_expr(func.body)
     if not lifted:
@@ -207,4 +227,6 @@ def _lift_weight_constants(fm: FloatModel) -> FloatModel:
         list(func.params) + [v for v, _ in lifted], new_body, func.ret_ty, func.is_pure, func.attrs, func.span
     )
     note = f"lifted {len(lifted)} constant weights to named parameters"
-    return FloatModel(with_main(fm.mod, new_func), params, fm.num_inputs, fm.source, fm.notes + [note])
+    fm = FloatModel(with_main(fm.mod, new_func), params, fm.num_inputs, fm.source, fm.notes + [note])
+    mod = relax.transform.DeadCodeElimination()(fm.mod)
+    return FloatModel(mod, fm.params, fm.num_inputs, fm.source, fm.notes)
