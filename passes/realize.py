@@ -18,6 +18,7 @@ from tvm import relax
 
 from tvm_mpq.plan import output_scale
 from tvm_mpq.quant_math import pack_int4
+from tvm_mpq.relax_utils import with_main
 
 from . import integer_ops as iops
 
@@ -157,6 +158,4 @@ class RealizeQuantization:
         mutator = _Realize(tvm.IRModule(dict(mod.functions_items())))
         body = mutator.visit_expr(func.body)
         new_func = relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs, func.span)
-        out = tvm.IRModule(dict(mutator.builder_.get().functions_items()))
-        out["main"] = new_func
-        return out
+        return with_main(mutator.builder_.get(), new_func)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from tvm_mpq.relax_utils import with_main
+
 #: Layout of a group's runtime parameter vector.
 QPARAM_FIELDS = ("scale", "zero_point", "qmin", "qmax", "enabled")
 
@@ -100,6 +102,4 @@ class SimulateQuantization:
         body = _Simulate().visit_expr(func.body)
         params = list(func.params) + list(qvars.values()) + list(svars.values())
         new_func = relax.Function(params, body, func.ret_ty, func.is_pure, func.attrs, func.span)
-        out = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"})
-        out["main"] = new_func
-        return out
+        return with_main(mod, new_func)

@@ -16,6 +16,7 @@ from .errors import (
     TvmMpqError,
 )
 from .quantizer import Quantizer
+from .report import Report
 from .result import QuantizedModule
 from .search import InfeasibleBudgetError, SearchResult
 from .search import search as run_search
@@ -73,6 +74,7 @@ def compile(  # noqa: A001 - the name users asked for, like tvm.compile
     if config is not None:
         module = quantizer.realize(config)
         module.search = None
+        module.report = Report.from_module(module)
         return module
     result = run_search(
         quantizer, candidates=candidates, calibration_inputs=batches, eval_fn=eval_fn,
@@ -83,11 +85,12 @@ def compile(  # noqa: A001 - the name users asked for, like tvm.compile
         raise InfeasibleBudgetError(result.message)
     module = quantizer.realize(result.config)
     module.search = result
+    module.report = Report.from_module(module)
     return module
 
 
 __all__ = [
     "compile", "Quantizer", "QuantizedModule", "Config", "Candidate", "FLOAT", "DEFAULT_CANDIDATES",
-    "SearchResult", "InfeasibleBudgetError",
+    "SearchResult", "InfeasibleBudgetError", "Report",
     "TvmMpqError", "TargetError", "ConfigError", "CalibrationError", "ModelImportError", "ModelUnavailable",
 ]

@@ -193,7 +193,8 @@ class Quantizer:
             op = self.graph.ops[op_name]
             w = self.float_model.params[op.weight]
             axis = op.weight_channel_axis % w.ndim
-            enc = weight_encoding(w, bits, axis=axis, method=self.weight_method, name=op.weight)
+            method = self.weight_method if bits <= 8 else "minmax"  # as for 16-bit activations
+            enc = weight_encoding(w, bits, axis=axis, method=method, name=op.weight)
             self._w_enc[key] = (enc, enc.quantize(w))
         return self._w_enc[key]
 
