@@ -391,6 +391,17 @@ def _error(msg: str) -> int:
     return 2
 
 
+#: The library's keyword names as this command's options, for messages that name them.
+_KWARG_FLAGS = (("clean_start=True", "--clean-start"), ("results_dir", "--results-dir"),
+                ("sqnr_floor_db", "--sqnr-floor"), ("cost_budget", "--bops-budget"))
+
+
+def _as_flags(msg: str) -> str:
+    for kw, flag in _KWARG_FLAGS:
+        msg = msg.replace(kw, flag)
+    return msg
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (the console script exits with it)."""
     parser = build_parser()
@@ -405,7 +416,7 @@ def main(argv=None) -> int:
     except CliError as e:
         return _error(str(e))
     except TvmMpqError as e:
-        return _error(str(e))
+        return _error(_as_flags(str(e)))
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; finished search results are kept in the cache: rerun the same "
               f"command to resume", file=sys.stderr)

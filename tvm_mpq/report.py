@@ -379,10 +379,18 @@ class Report:
         lines = ["tvm_mpq report", "=============="]
         head = [("target", self.target)]
         if self.model:
-            ins = ", ".join(f"{i['name']} {tuple(i['shape'])} {i['dtype']}" for i in self.model.get("inputs", []))
-            head.append(("model", f"{self.model.get('source', '?')}; input(s) {ins}; "
-                                  f"{len(self.model.get('groups', []))} quantizer groups, "
-                                  f"{self.model.get('quantizable_ops', '?')} quantizable ops"))
+            parts = [self.model["source"]] if self.model.get("source") else []
+            if self.model.get("inputs"):
+                parts.append("input(s) " + ", ".join(
+                    f"{i['name']} {tuple(i['shape'])} {i['dtype']}" for i in self.model["inputs"]))
+            sizes = [f"{len(self.model['groups'])} quantizer groups"] if self.model.get("groups") else []
+            if self.model.get("quantizable_ops") is not None:
+                sizes.append(f"{self.model['quantizable_ops']} quantizable ops")
+            if sizes:
+                parts.append(", ".join(sizes))
+            if self.model.get("unquantized_ops"):
+                parts.append(f"{len(self.model['unquantized_ops'])} op(s) left in float")
+            head.append(("model", "; ".join(parts)))
         if s is None:
             head.append(("search", "none: the configuration was given"))
         else:
@@ -431,8 +439,7 @@ class Report:
             for c in cands:
                 v = row.get(c)
                 cell = "-" if v is None else (_num(v) if not _finite(v) else f"{v:.2f}")
-                if g in chosen and str(chosen[g]) == c:
-                    cell += "*"
+                cell += "*" if g in chosen and str(chosen[g]) == c else " "  # keeps the decimals aligned
                 cells.append(cell)
             rows.append(cells)
         out += _table(["group"] + cands, rows, right=range(1, len(cands) + 1))
@@ -575,7 +582,10 @@ class Report:
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         cmap = matplotlib_cmap("viridis")
-        cmap.set_bad("#dddddd")
+        if hasattr(cmap, "with_extremes"):
+            cmap = cmap.with_extremes(bad="#dddddd")
+        else:  # pragma: no cover - matplotlib < 3.4
+            cmap.set_bad("#dddddd")
         im = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap=cmap, vmin=vmin,
                        vmax=vmax if vmax > vmin else vmin + 1)
         ax.set_xticks(range(len(cands)), cands)
