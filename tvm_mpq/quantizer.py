@@ -8,6 +8,7 @@ the target). Encodings are computed lazily, once per (group, activation bits) an
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable
 
@@ -31,6 +32,8 @@ from .plan import OpQuant, output_scale
 from .relax_utils import with_main
 
 _METHODS = ("mse", "minmax")
+#: Widening of 16-bit activation ranges (see Quantizer.activation_encoding).
+HEADROOM_16BIT = 1.5
 
 
 def build_relax_module(mod: tvm.IRModule, target_info) -> relax.VMExecutable:
@@ -178,13 +181,21 @@ class Quantizer:
 
     # ----------------------------------------------------------------- encodings and plans
     def activation_encoding(self, group: str, bits: int) -> Encoding:
-        """Range of a group's activation at ``bits``. At 16 bits the rounding error is negligible and
-        any clipping costs more than it saves (MobileNetV2 w16a16: 49 dB minmax, 32 dB mse), so
-        16-bit activations always use minmax; ``method`` applies to 8 bits."""
+        """Range of a group's activation at ``bits``; ``method`` applies to 8 bits.
+
+        At 16 bits rounding error is negligible and clipping is all that hurts: 16-bit ranges are
+        the observed min/max widened by ``HEADROOM_16BIT`` against values the calibration data did
+        not show. MobileNetV2 w16a16, 32 calibration / 128 held-out images: mse clipping 32 dB,
+        minmax 45 dB, minmax x1.5 57 dB, x2 56 dB, x4 50 dB.
+        """
         key = (group, bits)
         if key not in self._act_enc:
-            method = self.method if bits <= 8 else "minmax"
-            self._act_enc[key] = self.observers[group].encoding(bits, method=method)
+            if bits <= 8:
+                enc = self.observers[group].encoding(bits, method=self.method)
+            else:
+                enc = self.observers[group].encoding(bits, method="minmax")
+                enc = dataclasses.replace(enc, scale=float(np.float32(enc.scale * HEADROOM_16BIT)))
+            self._act_enc[key] = enc
         return self._act_enc[key]
 
     def weight_quant(self, op_name: str, bits: int) -> tuple[Encoding, np.ndarray]:
