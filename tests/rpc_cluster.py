@@ -112,6 +112,29 @@ class RPCCluster:
             time.sleep(0.2)
         raise RuntimeError(f"{count} server(s) for {key!r} did not register with the tracker in {timeout:g} s")
 
+    def start_async(self, key: str, servers: int) -> None:
+        """Start the tracker, then ``servers`` servers, in a background thread (the imports take
+        seconds each); ``wait(key, servers)`` joins it and waits until they are registered."""
+        import threading
+
+        def boot():
+            try:
+                self.start_tracker()
+                for _ in range(servers):
+                    self.start_server(key, wait=False)
+            except BaseException as e:  # noqa: BLE001 - re-raised by wait()
+                self._boot_error = e
+
+        self._boot_error = None
+        self._boot = threading.Thread(target=boot, daemon=True)
+        self._boot.start()
+
+    def wait(self, key: str, servers: int, timeout: float = 90.0) -> None:
+        self._boot.join(timeout)
+        if self._boot_error is not None:
+            raise self._boot_error
+        self.wait_registered(key, servers, timeout)
+
     @staticmethod
     def kill(proc: subprocess.Popen) -> None:
         """SIGKILL the process group of ``proc`` and reap it."""

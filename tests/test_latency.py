@@ -27,8 +27,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado (pip install tornado)")
-pytest.importorskip("cloudpickle", reason="TVM's RPC tracker/server processes need cloudpickle")
 
 import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
@@ -60,17 +58,30 @@ FAST = Timing(warmup=1, repeat=3, number=1, min_repeat_ms=2)
 KEY = "tvm-mpq-test"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def cluster(tmp_path_factory):
-    """A tracker and two servers (key KEY); started early, waited for by ``servers``."""
+    """A tracker and two servers (key KEY), booting in the background while the local tests run;
+    every process is killed by process group at the end, whatever happened."""
+    import importlib.util
+
+    missing = [m for m in ("tornado", "cloudpickle") if importlib.util.find_spec(m) is None]
+    if missing:  # TVM's tracker / server processes need them (apache-tvm's "rpc" extra)
+        yield f"TVM's RPC tracker and server need {' and '.join(missing)} (pip install {' '.join(missing)})"
+        return
     c = RPCCluster(tmp_path_factory.mktemp("rpc"))
     try:
-        c.start_tracker()
-        c.start_server(KEY, wait=False)
-        c.start_server(KEY, wait=False)
+        c.start_async(KEY, 2)
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture(scope="module")
+def servers(cluster):
+    if isinstance(cluster, str):
+        pytest.skip(cluster)
+    cluster.wait(KEY, 2)
+    return cluster
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +90,9 @@ def quantizer():
 
 
 @pytest.fixture(scope="module")
-def servers(cluster):
-    cluster.wait_registered(KEY, 2, timeout=90)
-    return cluster
+def local_cache(tmp_path_factory):
+    """Local measurements shared by the local and the RPC comparison tests."""
+    return tmp_path_factory.mktemp("local") / "latency.json"
 
 
 class TwinConvs(torch.nn.Module):
@@ -132,6 +143,37 @@ def test_identical_layers_share_a_signature():
     assert len({table[("a", k)] for k in ("w8a8", "w4a8", "float")}) == 3
 
 
+class TinyAttention(torch.nn.Module):
+    """q @ k^T: an activation x activation matmul between two dense layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = torch.nn.Linear(8, 8)
+        self.k = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.q(x) @ self.k(x).transpose(-1, -2)
+
+
+def test_activation_matmul_candidates():
+    x = np.random.default_rng(0).standard_normal((1, 6, 8)).astype(np.float32)
+    q = tvm_mpq.Quantizer(TinyAttention().eval(), None, [(x,)], (torch.from_numpy(x),), progress=False)
+    mm = next(n for n, o in q.graph.ops.items() if o.kind == "matmul")
+    keys = tvm_mpq.latency.op_candidate_keys(q, mm, ["w8a8", "w8a16"])
+    assert set(keys) == {"a8xa8", "a8xa16", "a8xf", "a16xa8", "a16xa16", "a16xf", "fxa8", "fxa16", "float"}
+    ref = None
+    for key in ("float", "a16xa16", "a8xf"):
+        m = one_op_module(q, mm, key)
+        assert len(m.inputs) == 2 and m.spec["kind"] == "matmul"
+        vm = relax.VirtualMachine(build(m.mod, host_target()), tvm.cpu())
+        args = [np.random.default_rng(i).uniform(-1, 1, s).astype(np.float32) for i, (s, _) in enumerate(m.inputs)]
+        out = vm["main"](*[tvm.runtime.tensor(a) for a in args]).numpy()
+        ref = out if ref is None else ref
+        assert sqnr_db(ref, out) > 15
+    cfg = q.config({g: ("w8a16" if i == 0 else "float") for i, g in enumerate(q.group_names)})
+    assert op_candidate_key(q, mm, cfg) in keys
+
+
 class CountingDevice(LocalDevice):
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -142,8 +184,8 @@ class CountingDevice(LocalDevice):
         super().measure(tasks, on_result, progress)
 
 
-def test_measured_latency_local(quantizer, tmp_path):
-    path = tmp_path / "latency.json"
+def test_measured_latency_local(quantizer, local_cache):
+    path = local_cache
     dev = CountingDevice(timing=FAST)
     cost = MeasuredLatency(quantizer, ["w8a8", "w4a8"], device=dev, cache=path, progress=False)
     assert cost.unit == "ms" and isinstance(cost, tvm_mpq.cost.CostModel)
@@ -178,8 +220,8 @@ def test_measured_latency_local(quantizer, tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_rpc_tracker_matches_local(quantizer, servers, tmp_path):
-    cache = LatencyCache(tmp_path / "latency.json")
+def test_rpc_tracker_matches_local(quantizer, servers, local_cache):
+    cache = LatencyCache(local_cache)
     device = RPCDevice(tracker=servers.tracker, key=KEY, timing=FAST, connect_timeout_s=30)
     assert device.num_servers() == 2
     remote = measure_ops(quantizer, ["w8a8", "w4a8"], device=device, cache=cache)
@@ -190,7 +232,7 @@ def test_rpc_tracker_matches_local(quantizer, servers, tmp_path):
     # Same machine, other processes: the same order of magnitude (shared cores are noisy).
     ratio = sum(remote.values()) / sum(local.values())
     assert 0.1 < ratio < 10, (remote, local)
-    assert set(cache.namespaces) == {device.namespace, host_target().key}
+    assert set(cache.namespaces) == {device.namespace, LocalDevice().namespace}
 
 
 def _wait_entries(path: Path, namespace: str, count: int, timeout: float, thread: threading.Thread, box) -> dict:
@@ -223,7 +265,7 @@ def _run_in_thread(fn):
 def test_server_killed_mid_run(quantizer, servers, tmp_path):
     path = tmp_path / "latency.json"
     slow = Timing(warmup=1, repeat=3, number=1, min_repeat_ms=30)
-    device = RPCDevice(tracker=servers.tracker, key=KEY, timing=slow, connect_timeout_s=6, retries=1,
+    device = RPCDevice(tracker=servers.tracker, key=KEY, timing=slow, connect_timeout_s=30, retries=1,
                        backoff_s=0.2)
     ns = device.namespace
     table, tasks = op_tasks(quantizer, ["w8a8", "w4a8"])
@@ -287,3 +329,28 @@ def test_rpc_errors_are_clear(tmp_path):
         RPCDevice()
     with pytest.raises(RPCError, match="key"):
         RPCDevice(tracker=("127.0.0.1", 9190))
+
+
+# ------------------------------------------------------------------------------------------------
+# Search integration (reuses the local measurements above: nothing is re-measured)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_compile_with_latency_budget(local_cache):
+    from tvm_mpq.search import search
+
+    cal = child.calibration()
+    model = child.FragileCNN().eval()
+    kw = dict(candidates=["w8a8", "w4a8"], cost="measured", latency_cache=str(local_cache), progress=False)
+    module = tvm_mpq.compile(model, None, cal, example_inputs=(torch.from_numpy(cal[0][0]),),
+                             latency_budget_ms=1e6, **kw)
+    res = module.search
+    assert res.cost_unit == "ms" and res.cost_name == "measured_latency"
+    assert res.chosen == 0 and res.cost_budget == 1e6
+    assert all(p.cost > 0 and math.isfinite(p.cost) for p in res.curve)
+    assert res.to_dict()["cost"]["unit"] == "ms"
+    q = module.quantizer
+    res = search(q, calibration_inputs=cal, latency_budget_ms=1e-6, **kw)
+    assert not res.feasible and "ms" in res.message
+    with pytest.raises(tvm_mpq.ConfigError, match="latency cost"):
+        search(q, calibration_inputs=cal, latency_budget_ms=1.0, candidates=["w8a8"], cost="bops", progress=False)

@@ -21,6 +21,15 @@ from .result import QuantizedModule
 from .search import InfeasibleBudgetError, SearchResult
 from .search import search as run_search
 
+
+def __getattr__(name):  # RPCDevice imports tvm.rpc: load it on first use
+    if name == "RPCDevice":
+        from .rpc import RPCDevice
+
+        return RPCDevice
+    raise AttributeError(f"module 'tvm_mpq' has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 
@@ -42,6 +51,11 @@ def compile(  # noqa: A001 - the name users asked for, like tvm.compile
     reverse: bool = False,
     results_dir=None,
     clean_start: bool = False,
+    cost=None,
+    latency_budget_ms: float | None = None,
+    device=None,
+    latency_cache=None,
+    latency_model=None,
 ) -> QuantizedModule:
     """Quantize ``model`` per ``config`` (or a searched one) and compile it for ``target``.
 
@@ -56,12 +70,19 @@ def compile(  # noqa: A001 - the name users asked for, like tvm.compile
         batches as phase-1 data; the result is on the returned module's ``.search``. An
         infeasible budget raises ``InfeasibleBudgetError`` naming the best achievable score.
     method: activation range method, "mse" (default) or "minmax".
+    cost: what the search trades accuracy against -- "bops" (default), "measured" (per-op latency
+        timed on ``device``: this machine, or a ``tvm_mpq.RPCDevice``), "predicted" (an XGBoost
+        model, ``latency_model``, or one trained on a measured sample); ``latency_budget_ms`` is
+        the budget in milliseconds; ``latency_cache`` a JSON path that keeps measurements.
     """
     searching = {
         "candidates": candidates is not None, "eval_fn": eval_fn is not None,
         "allowed_accuracy_drop": allowed_accuracy_drop is not None, "sqnr_floor_db": sqnr_floor_db is not None,
         "cost_budget": cost_budget is not None, "search": search != "binary", "reverse": bool(reverse),
         "results_dir": results_dir is not None, "clean_start": bool(clean_start),
+        "cost": cost is not None, "latency_budget_ms": latency_budget_ms is not None,
+        "device": device is not None, "latency_cache": latency_cache is not None,
+        "latency_model": latency_model is not None,
     }
     if config is not None and any(searching.values()):
         raise ConfigError(
@@ -80,6 +101,8 @@ def compile(  # noqa: A001 - the name users asked for, like tvm.compile
         quantizer, candidates=candidates, calibration_inputs=batches, eval_fn=eval_fn,
         allowed_accuracy_drop=allowed_accuracy_drop, sqnr_floor_db=sqnr_floor_db, cost_budget=cost_budget,
         search=search, reverse=reverse, results_dir=results_dir, clean_start=clean_start, progress=progress,
+        cost=cost, latency_budget_ms=latency_budget_ms, device=device, latency_cache=latency_cache,
+        latency_model=latency_model,
     )
     if not result.feasible:
         raise InfeasibleBudgetError(result.message)
@@ -91,6 +114,6 @@ def compile(  # noqa: A001 - the name users asked for, like tvm.compile
 
 __all__ = [
     "compile", "Quantizer", "QuantizedModule", "Config", "Candidate", "FLOAT", "DEFAULT_CANDIDATES",
-    "SearchResult", "InfeasibleBudgetError", "Report",
+    "SearchResult", "InfeasibleBudgetError", "Report", "RPCDevice",
     "TvmMpqError", "TargetError", "ConfigError", "CalibrationError", "ModelImportError", "ModelUnavailable",
 ]

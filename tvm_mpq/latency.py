@@ -10,8 +10,10 @@ template schedules). It is timed with TVM's ``time_evaluator`` on a device -- he
 ``repeat`` repeats of at least ``min_repeat_ms`` each; the median repeat is the latency.
 
 Identical layers share one measurement: an op's *signature* is a digest of what decides its code --
-op kind, operand / weight / output shapes, conv attributes, the candidate, and what the realization
-chose for it (activation dtype, zero point present or not, weight storage, accumulator dtype) --
+op kind, operand / weight / output shapes, conv attributes, the candidate, what the realization
+chose for it (activation dtype, zero point present or not, weight storage, accumulator dtype) and
+the compilation pipeline (a digest of tvm_mpq's pipeline and schedule sources and the TVM version,
+so changed schedules are measured afresh) --
 and the cache (``LatencyCache``) keys measurements by (device namespace = target key [+ RPC key],
 signature). The cache file is JSON, rewritten atomically after every measurement, so a crash or a
 dead server loses nothing finished and a rerun measures only what is missing.
@@ -34,6 +36,7 @@ modules end to end and reports the sum-of-layers error for each.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -116,7 +119,9 @@ def summarize(runs_s: Sequence[float]) -> dict:
     med = float(np.median(runs_ms))
     if not (math.isfinite(med) and med > 0):
         raise LatencyError(f"time_evaluator returned a non-positive or non-finite time: {runs_ms}")
-    return {"ms": med, "runs_ms": [round(r, 6) for r in runs_ms]}
+    # ``ms`` (the median) is the latency; ``min_ms`` is kept too: on a machine shared with other
+    # jobs, interference only adds time, and the spread between the two shows how much.
+    return {"ms": med, "min_ms": float(min(runs_ms)), "runs_ms": [round(r, 6) for r in runs_ms]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +237,21 @@ def _attrs_dict(call) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=None)
+def pipeline_digest() -> str:
+    """Digest of the compilation pipeline's source (tvm_mpq.targets.pipeline and .schedules) and
+    the TVM version: part of every signature, so new schedules never reuse old timings."""
+    import inspect
+
+    from tvm_mpq.targets import pipeline as _pipeline
+    from tvm_mpq.targets import schedules as _schedules
+
+    h = hashlib.sha256(tvm.__version__.encode())
+    for m in (_pipeline, _schedules):
+        h.update(inspect.getsource(m).encode())
+    return h.hexdigest()[:16]
+
+
 def signature_of(spec: Mapping) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -284,6 +304,7 @@ def one_op_module(quantizer, op_name: str, key: str) -> OneOpModule:
     inputs = [(static_shape(p.ty), str(p.ty.dtype)) for p in params]
     spec = {
         "method": METHOD,
+        "pipeline": pipeline_digest(),
         "kind": op.kind,
         "candidate": key,
         "inputs": [list(s) for s, _ in inputs],
@@ -398,10 +419,14 @@ class LocalDevice:
 
     @property
     def namespace(self) -> str:
-        return self.target.key
+        """The target key, plus the runtime thread count when TVM_NUM_THREADS pins it (timings at
+        1 and at 16 threads are different measurements)."""
+        threads = os.environ.get("TVM_NUM_THREADS")
+        return self.target.key + (f"-t{threads}" if threads else "")
 
     def describe(self) -> str:
-        return f"local ({self.target})"
+        threads = os.environ.get("TVM_NUM_THREADS")
+        return f"local ({self.target}{', TVM_NUM_THREADS=' + threads if threads else ''})"
 
     def measure(self, tasks: Sequence[MeasureTask], on_result: Callable[[MeasureTask, dict], None],
                 progress: bool = False) -> None:
@@ -492,6 +517,7 @@ def end_to_end_task(quantizer, config: Config, op_signatures: Mapping[str, str],
     config = quantizer.config(config)
     spec = {
         "method": METHOD,
+        "pipeline": pipeline_digest(),
         "kind": "end_to_end",
         "model": _structure_digest(quantizer),
         "ops": dict(sorted(op_signatures.items())),
@@ -583,3 +609,38 @@ class MeasuredLatency:
                 "estimate_error": (sol + self.constant_ms - e2e) / e2e,
             })
         return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the cost model (search / compile)
+# ---------------------------------------------------------------------------------------------
+
+COSTS = ("bops", "measured", "predicted")
+
+
+def cost_model_for(quantizer, cost, candidates=None, device=None, cache=None, latency_model=None,
+                   progress: bool = True):
+    """The CostModel for ``cost``: "bops" (relative BOPs, the paper's), "measured"
+    (``MeasuredLatency`` on ``device``, default this machine), "predicted" (``PredictedLatency``:
+    from ``latency_model`` -- a LatencyModel or a saved model's path -- or trained on a measured
+    sample), or a CostModel object, returned as is."""
+    from .cost import RelativeBops
+
+    if cost is None or cost == "bops":
+        return RelativeBops(quantizer, candidates)
+    if not isinstance(cost, str):
+        if not (callable(cost) and hasattr(cost, "unit") and hasattr(cost, "name")):
+            raise ConfigError(f"cost must be one of {COSTS} or a CostModel (name, unit, __call__), not {cost!r}")
+        return cost
+    if cost == "measured":
+        return MeasuredLatency(quantizer, candidates, device=device, cache=cache, progress=progress)
+    if cost == "predicted":
+        from .latency_model import LatencyModel, PredictedLatency
+
+        if latency_model is None:
+            return PredictedLatency.from_sample(quantizer, device, candidates=candidates, cache=cache, progress=progress)
+        if not isinstance(latency_model, LatencyModel):
+            target = device.target if device is not None else quantizer.target
+            latency_model = LatencyModel.load(latency_model, target)
+        return PredictedLatency(quantizer, latency_model, candidates, cache, device)
+    raise ConfigError(f"unknown cost {cost!r}: use one of {', '.join(COSTS)} or a CostModel")

@@ -202,6 +202,9 @@ class RPCDevice:
                 lambda: rpc.connect(self.addr[0], self.addr[1], session_timeout=sto),
                 self.connect_timeout_s, f"connect to {self.addr[0]}:{self.addr[1]}",
             )
+        # Fail fast when no server is registered: a request would wait for one until the deadline.
+        if self.num_servers() == 0:
+            raise RPCError(f"the tracker holds no server for key {self.key!r}")
         box: dict = {}
 
         def request():

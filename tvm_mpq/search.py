@@ -204,6 +204,11 @@ def search(
     curve_points: int = 12,
     eval_inputs=None,
     cost_model: CostModel | None = None,
+    cost: str | CostModel | None = None,
+    latency_budget_ms: float | None = None,
+    device=None,
+    latency_cache=None,
+    latency_model=None,
 ) -> SearchResult:
     """Find a mixed-precision configuration of ``quantizer``'s groups that meets the budget.
 
@@ -214,6 +219,11 @@ def search(
     reverse: search from the lowest end of the curve, raising the most sensitive groups first.
     results_dir: persist phase-1 entries and evaluated points there and resume from them.
     cost_model: prices a configuration (default relative BOPs); ``cost_budget`` is in its unit.
+    cost: "bops" | "measured" | "predicted" | a CostModel (``tvm_mpq.latency.cost_model_for``);
+        latency costs are in ms, measured on ``device`` (default this machine; a
+        ``tvm_mpq.RPCDevice`` for a remote one), cached in ``latency_cache`` (a JSON path), or
+        predicted by ``latency_model`` (a trained LatencyModel or its saved JSON).
+    latency_budget_ms: the cost budget in milliseconds (implies cost="measured" unless "predicted").
     Returns a SearchResult; an infeasible budget gives ``config=None`` and says why in ``message``.
     """
     mode = search
@@ -232,6 +242,16 @@ def search(
         raise ConfigError(
             f"cost_budget must be a positive number (relative BOPs: 1.0 = the start point), got {cost_budget!r}"
         )
+    if latency_budget_ms is not None:
+        if cost_budget is not None:
+            raise ConfigError("give cost_budget or latency_budget_ms, not both")
+        if cost is None and cost_model is None:
+            cost = "measured"
+        elif cost == "bops" or (cost is None and cost_model is not None and getattr(cost_model, "unit", "") != "ms"):
+            raise ConfigError("latency_budget_ms needs a latency cost: cost='measured' or 'predicted'")
+        if not (isinstance(latency_budget_ms, numbers.Real) and latency_budget_ms > 0):
+            raise ConfigError(f"latency_budget_ms must be a positive number of milliseconds, got {latency_budget_ms!r}")
+        cost_budget = float(latency_budget_ms)
     if eval_fn is None and sqnr_floor_db is None and cost_budget is None:
         sqnr_floor_db = DEFAULT_SQNR_FLOOR_DB
     curve_points = max(0, int(curve_points))
@@ -239,6 +259,11 @@ def search(
     cands = parse_candidates(candidates)
     calibration_inputs = as_input_tuples(calibration_inputs)
     options = group_options(quantizer, cands)
+    if cost is not None:
+        from .latency import cost_model_for
+
+        cost_model = cost_model_for(quantizer, cost, cands, device=device, cache=latency_cache,
+                                    latency_model=latency_model, progress=progress)
     cost_model = cost_model or RelativeBops(quantizer, cands)
 
     cache = None

@@ -1,0 +1,85 @@
+"""Measure a zoo of random CNN / transformer layer shapes: training data for the latency model.
+
+    .venv/bin/python benchmarks/latency_zoo.py --layers 40 --seed 0 --cache benchmarks/results/latency-cache.json
+
+Builds one multi-input model whose layers are independent (each reads its own input, so each is
+its own quantizer group): pointwise / 3x3 / depthwise 3x3 convolutions at ImageNet-CNN resolutions
+and channel counts, and dense layers at transformer sizes (M = tokens). Every layer x candidate is
+measured like a real model's (tvm_mpq.latency.MeasuredLatency's per-op path) into the same cache,
+where benchmarks/latency_predicted.py trains on it. Layers above ``--max-mmacs`` are redrawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+import tvm_mpq
+from tvm_mpq.latency import LatencyCache, LocalDevice, Timing, op_tasks, run_tasks
+
+CANDIDATES = ["w16a16", "w8a16", "w8a8", "w4a8"]
+SIZES = [7, 14, 28, 56, 112]
+CHANNELS = [16, 24, 32, 48, 64, 96, 128, 144, 160, 192, 256, 320, 384, 576, 960]
+FEATURES = [128, 256, 384, 512, 768, 1024, 1536, 3072]
+TOKENS = [1, 8, 32, 64, 128]
+
+
+def draw(rng, max_mmacs: float):
+    while True:
+        kind = rng.choice(["pw", "3x3", "dw", "dense"], p=[0.3, 0.2, 0.25, 0.25])
+        if kind == "dense":
+            m, k, n = int(rng.choice(TOKENS)), int(rng.choice(FEATURES)), int(rng.choice(FEATURES))
+            layer = ("dense", (1, m, k), torch.nn.Linear(k, n))
+            macs = m * k * n
+        else:
+            h = int(rng.choice(SIZES))
+            ci = int(rng.choice(CHANNELS))
+            co = ci if kind == "dw" else int(rng.choice(CHANNELS))
+            k = 1 if kind == "pw" else 3
+            s = 1 if kind == "pw" else int(rng.choice([1, 2]))
+            g = ci if kind == "dw" else 1
+            conv = torch.nn.Conv2d(ci, co, k, stride=s, padding=k // 2, groups=g)
+            ho = (h + 2 * (k // 2) - k) // s + 1
+            macs = ho * ho * co * (ci // g) * k * k
+            layer = (kind, (1, ci, h, h), conv)
+        if macs <= max_mmacs * 1e6:
+            return layer
+
+
+class Zoo(torch.nn.Module):
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(m for _, _, m in layers)
+
+    def forward(self, *xs):
+        return tuple(m(x) for m, x in zip(self.layers, xs))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layers", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-mmacs", type=float, default=60.0)
+    ap.add_argument("--cache", default="benchmarks/results/latency-cache.json")
+    args = ap.parse_args()
+    rng = np.random.default_rng(args.seed)
+    layers = [draw(rng, args.max_mmacs) for _ in range(args.layers)]
+    torch.manual_seed(args.seed)
+    xs = tuple(np.random.default_rng(args.seed + 1).standard_normal(s).astype(np.float32) for _, s, _ in layers)
+    t0 = time.perf_counter()
+    q = tvm_mpq.Quantizer(Zoo(layers).eval(), None, [xs], tuple(torch.from_numpy(x) for x in xs), progress=False)
+    table, tasks = op_tasks(q, CANDIDATES)
+    print(f"{len(layers)} layers ({', '.join(k for k, _, _ in layers)}); {len(tasks)} modules; "
+          f"setup {time.perf_counter() - t0:.1f} s")
+    device = LocalDevice(timing=Timing())
+    cache = LatencyCache(args.cache)
+    t0 = time.perf_counter()
+    run_tasks(device, tasks, cache, progress=True)
+    print(f"measured in {time.perf_counter() - t0:.1f} s into {args.cache} ({device.namespace})")
+
+
+if __name__ == "__main__":
+    main()
