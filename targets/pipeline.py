@@ -8,7 +8,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight
 
-from .schedules import ParallelVectorize
+from .schedules import rules
 
 
 def relax_pipeline(target_info) -> tvm.transform.Pass:
@@ -22,7 +22,11 @@ def relax_pipeline(target_info) -> tvm.transform.Pass:
             seq = tvm.transform.Sequential(
                 cpu_generic.library_dispatch_passes(target)
                 + cpu_generic.legalize_passes(target)
-                + [dlight.ApplyDefaultSchedule(ParallelVectorize(lanes))]
+                + [relax.transform.AttachAttrLayoutFreeBuffers()]
+                + [dlight.ApplyDefaultSchedule(*rules(lanes))]
+                # weight copies the schedules marked as layout rewrites: done once, at compile time
+                + [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant()]
+                + [relax.transform.DeadCodeElimination()]
                 + cpu_generic.dataflow_lower_passes(target)
                 + cpu_generic.finalize_passes(target)
             )

@@ -1,17 +1,941 @@
-"""Template CPU schedules that need no search: parallel outer loops, vectorized inner loops.
+"""Template CPU schedules that need no search.
 
 TVM 0.27's CPU pipeline legalizes and fuses but applies no schedule: every kernel is a serial
-scalar loop nest. This dlight rule gives every fused PrimFunc a generic schedule: leading spatial
-loops fused and parallelized over the cores; for reductions (conv, matmul) the innermost spatial
-loop moved inside the reduction and vectorized, so the accumulator updates a vector of outputs.
-It is the floor every target gets; target-specific templates (VNNI, packed layouts) go above it.
+scalar loop nest, and every op of a fused PrimFunc (conv, zero-point subtract, cast, rescale, bias,
+clip, requantize) is its own loop nest writing a full-size intermediate buffer. Three dlight rules,
+tried in this order (``rules()``):
+
+``TiledReduction`` -- conv2d (regular, pointwise, depthwise, grouped, strided), dense/matmul and
+    batched matmul, float or integer, with their fused epilogues:
+    - producers that only move data (an identity pad, a reshape, the int4 weight unpack) are
+      inlined into the reduction; the epilogue chain is inlined into one block;
+    - the output is computed in register tiles: ``bf`` rows of the *block* axis (an output axis
+      that the vector operand does not depend on: output channels of a conv, rows of a matmul) x
+      ``vi`` consecutive elements of the innermost output axis (pixels; columns), accumulated over
+      the whole reduction in registers (an unrolled ``bf`` loop, a vectorized ``vi`` loop). The
+      two innermost output axes of a 1x1 stride-1 conv are fused first (a vector then spans rows);
+    - the epilogue runs on the tile right after its reduction (``reverse_compute_at``), so the
+      accumulator never leaves the cache and no intermediate is written;
+    - outer loops are fused and parallelized; the reduction loops keep their order, so every output
+      element is summed in the same order as the unscheduled kernel (integer results are the same
+      bits; float results round like the unscheduled kernel, up to the FMA in the reduction, which
+      LLVM formed there before too).
+``InlinedElementwise`` -- functions without a reduction: the chain is inlined into its last block,
+    which is then parallelized and vectorized (one pass over memory instead of one per op).
+``ParallelVectorize`` -- the floor for anything else: each block's leading spatial loops fused and
+    parallelized, the innermost spatial loop vectorized inside its reduction.
+
+Bit-exactness of fused epilogues. TVM's LLVM backend contracts ``a * b + c`` into an FMA
+(``AllowFPOpFusion = Fast``) whenever both ops end up in one expression. Unfused, the rescale
+``float(acc) * scale`` and the ``+ bias`` that follows were separate loop nests and rounded twice; the
+realized module, its simulation and the numpy reference all assume that. When blocks are inlined, the
+products that feed a float add/subtract are wrapped in ``tvm_mpq.fp_fence`` (lowered to LLVM's
+``llvm.arithmetic.fence``), which keeps the two roundings. Importing this module registers that op,
+and marks ``tirx.nearbyint`` vectorizable (it is elementwise; TVM only forgot the attribute, so loops
+containing ``round`` were scalarized).
 """
 
 from __future__ import annotations
 
+import os
+
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.tirx.analysis import undefined_vars
+
+from .x86 import PMADDWD_BCAST_FIRST, PMADDWD_LANES, PMADDWD_VEC_FIRST
+
+__all__ = ["FP_FENCE_OP", "InlinedElementwise", "ParallelVectorize", "TiledReduction", "rules"]
+
+FP_FENCE_OP = "tvm_mpq.fp_fence"
+# Set to raise instead of falling back to the next rule (for developing the templates).
+_DEBUG = bool(os.environ.get("TVM_MPQ_SCHEDULE_DEBUG"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Intrinsics: an FP contraction fence and a vectorizable nearbyint
+# ---------------------------------------------------------------------------------------------
+
+
+def _register_intrinsics() -> None:
+    try:
+        tvm.ir.Op.get(FP_FENCE_OP)
+    except Exception:  # noqa: BLE001 - not registered yet in this process
+        tvm.ir._ffi_api.RegisterOp(FP_FENCE_OP, "Identity; blocks FP contraction across it")
+        tvm.ir.register_op_attr(FP_FENCE_OP, "TCallEffectKind", 1)  # kPure
+        tvm.ir.register_op_attr(FP_FENCE_OP, "TVectorizable", True)
+        tvm.ir.register_op_attr(FP_FENCE_OP, "TScriptPrinterName", "tvm_mpq_fp_fence")
+
+        def _lower(call):
+            return tirx.call_llvm_pure_intrin(call.ty, "llvm.arithmetic.fence", call.args[0])
+
+        for kind in ("llvm", "default"):
+            tirx.register_intrin_lowering(FP_FENCE_OP, kind, f=_lower, level=99)
+    if not tvm.ir.Op.get("tirx.nearbyint").get_attr("TVectorizable"):
+        tvm.ir.register_op_attr("tirx.nearbyint", "TVectorizable", True)
+
+
+_register_intrinsics()
+
+_BINARY = (
+    tirx.Add, tirx.Sub, tirx.Mul, tirx.Div, tirx.Mod, tirx.FloorDiv, tirx.FloorMod, tirx.Max,
+    tirx.Min, tirx.EQ, tirx.NE, tirx.LT, tirx.LE, tirx.GT, tirx.GE, tirx.And, tirx.Or,
+)  # fmt: skip
+
+
+def _is_float(expr) -> bool:
+    return str(expr.ty).startswith(("float", "bfloat"))
+
+
+def _fence(expr):
+    return tvm.ir.expr.Call(tvm.ir.Op.get(FP_FENCE_OP), [expr], ret_ty=expr.ty)
+
+
+def map_expr(expr, fn):
+    """Rebuild ``expr`` bottom-up, applying ``fn`` to every rebuilt node (the node types of fused
+    elementwise / reduction bodies: arithmetic, comparisons, casts, selects, calls; anything else
+    -- loads, constants, variables -- is a leaf given to ``fn`` as is)."""
+    if isinstance(expr, _BINARY):
+        new = type(expr)(map_expr(expr.a, fn), map_expr(expr.b, fn))
+    elif isinstance(expr, tirx.Cast):
+        new = tirx.Cast(str(expr.ty), map_expr(expr.value, fn))
+    elif isinstance(expr, tirx.Select):
+        new = tirx.Select(
+            map_expr(expr.condition, fn), map_expr(expr.true_value, fn), map_expr(expr.false_value, fn)
+        )
+    elif isinstance(expr, tirx.Not):
+        new = tirx.Not(map_expr(expr.a, fn))
+    elif isinstance(expr, tvm.ir.expr.Call) and not isinstance(expr.op, tvm.ir.GlobalVar):
+        new = tvm.ir.expr.Call(expr.op, [map_expr(a, fn) for a in expr.args], attrs=expr.attrs, ret_ty=expr.ty)
+    else:
+        new = expr
+    return fn(new)
+
+
+def fence_products(expr):
+    """``expr`` with every float product that feeds a float add/subtract wrapped in a fence."""
+
+    def fn(e):
+        if isinstance(e, (tirx.Add, tirx.Sub)) and _is_float(e):
+            a = _fence(e.a) if isinstance(e.a, tirx.Mul) else e.a
+            b = _fence(e.b) if isinstance(e.b, tirx.Mul) else e.b
+            return type(e)(a, b)
+        return e
+
+    return map_expr(expr, fn)
+
+
+def _rewrite_block(sch: s_tir.Schedule, block_rv, fn) -> None:
+    """Replace a block's stored value by ``map_expr(value, fn)`` (its init, if any, is kept)."""
+    block = sch.get(block_rv)
+    store = block.body
+    if not isinstance(store, tirx.BufferStore):
+        raise ValueError("not a single-store block")
+    value = map_expr(store.value, fn)
+    new = s_tir.SBlock(
+        block.iter_vars, block.reads, block.writes, block.name_hint,
+        tirx.BufferStore(store.buffer, value, store.indices), block.init, block.alloc_buffers,
+        block.match_buffers, block.annotations,
+    )  # fmt: skip
+    sch.state.replace(sch.get_sref(block_rv), new, {block: new})
+
+
+def _fence_block(sch: s_tir.Schedule, block_rv) -> None:
+    """Rewrite a single-store block so that no float product in it is contracted into an FMA."""
+    store = sch.get(block_rv).body
+    if isinstance(store, tirx.BufferStore) and _contains(store.value, _fenceable):
+        _rewrite_block(sch, block_rv, lambda e: fence_products(e) if _fenceable(e) else e)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small analyses
+# ---------------------------------------------------------------------------------------------
+
+
+def _int(expr) -> int | None:
+    if isinstance(expr, int):
+        return expr
+    if isinstance(expr, tirx.IntImm):
+        return int(expr.value)
+    return None
+
+
+def _vars(expr) -> set:
+    return set(undefined_vars(expr))
+
+
+def _contains(expr, pred) -> bool:
+    """Whether some sub-expression of ``expr`` satisfies ``pred`` (the node types fence knows)."""
+    if pred(expr):
+        return True
+    if isinstance(expr, _BINARY):
+        return _contains(expr.a, pred) or _contains(expr.b, pred)
+    if isinstance(expr, tirx.Cast):
+        return _contains(expr.value, pred)
+    if isinstance(expr, tirx.Select):
+        return any(_contains(e, pred) for e in (expr.condition, expr.true_value, expr.false_value))
+    if isinstance(expr, tirx.Not):
+        return _contains(expr.a, pred)
+    if isinstance(expr, tvm.ir.expr.Call):
+        return any(_contains(a, pred) for a in expr.args)
+    return False
+
+
+def _fenceable(e) -> bool:
+    """A float add/subtract with a product operand: LLVM would contract it into an FMA."""
+    return (
+        isinstance(e, (tirx.Add, tirx.Sub)) and _is_float(e)
+        and (isinstance(e.a, tirx.Mul) or isinstance(e.b, tirx.Mul))
+    )  # fmt: skip
+
+
+def _is_data_movement(sch: s_tir.Schedule, block_rv) -> bool:
+    """A producer worth inlining into a reduction: no branch (pads with a condition stay a stage of
+    their own) and no float multiply/divide (those would need fences inside the reduction)."""
+    store = sch.get(block_rv).body
+    if not isinstance(store, tirx.BufferStore):
+        return False
+
+    def bad(e):
+        if isinstance(e, tvm.ir.expr.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name.endswith("if_then_else"):
+            return True
+        return isinstance(e, (tirx.Mul, tirx.Div, tirx.Select)) and _is_float(e)
+
+    return not _contains(store.value, bad)
+
+
+def _inline_chain(sch: s_tir.Schedule, blocks: list) -> list:
+    """Inline what can be inlined among ``blocks`` (in order); return the blocks left.
+
+    Producers go into their consumers first (``compute_inline``); only what is left is tried the
+    other way (a consumer into its single producer). Reverse-inlining first can leave a block that
+    reads two producers referring to a buffer that no longer exists (seen with GELU's
+    ``x * (0.5 + erf(x) * 0.5)``). Blocks calling an op TVM cannot vectorize (``erf``) are kept
+    apart: merged with others they would make the whole loop scalar."""
+    left = list(blocks)
+    for b in list(left[:-1]):
+        if _scalar_only(sch, b) or any(_scalar_only(sch, c) for c in sch.get_consumers(b)):
+            continue
+        try:
+            sch.compute_inline(b)
+        except Exception:  # noqa: BLE001 - not inlinable (e.g. read by the reduction's init)
+            continue
+        left.remove(b)
+    for b in list(left[1:]):
+        if _scalar_only(sch, b) or any(_scalar_only(sch, p) for p in sch.get_producers(b)):
+            continue
+        try:
+            sch.reverse_compute_inline(b)
+        except Exception:  # noqa: BLE001
+            continue
+        left.remove(b)
+    return left
+
+
+_VECTORIZER_BUILTINS = ("if_then_else", "reinterpret")
+
+
+def _scalar_only(sch: s_tir.Schedule, block_rv) -> bool:
+    """The block calls an op that TVM's vectorizer cannot vectorize."""
+    store = sch.get(block_rv).body
+
+    def opaque_call(e):
+        if not isinstance(e, tvm.ir.expr.Call) or not isinstance(e.op, tvm.ir.Op):
+            return False
+        if e.op.name.endswith(_VECTORIZER_BUILTINS):
+            return False
+        return not e.op.get_attr("TVectorizable")
+
+    return not isinstance(store, tirx.BufferStore) or _contains(store.value, opaque_call)
+
+
+def _checked(sch: s_tir.Schedule):
+    """``sch`` if every buffer its blocks access is still defined, else None (the next rule then
+    takes over). TVM's own verifier does not accept schedulable TIR; this catches the one failure
+    seen (an inlined buffer still read)."""
+    func = sch.mod["main"]
+    defined = list(func.params)
+    used = []
+    stack = [sch.get_sblock("root")] if _has_root(sch) else []
+    while stack:
+        rv = stack.pop()
+        blk = sch.get(rv)
+        defined += list(blk.alloc_buffers)
+        used += [r.source for r in list(blk.reads) + list(blk.writes)]
+        stack += list(sch.get_child_blocks(rv))
+    ok = all(any(u.same_as(d) for d in defined) for u in used)
+    if not ok and _DEBUG:
+        raise RuntimeError("tvm_mpq schedule left a block reading an undefined buffer")
+    return sch if ok else None
+
+
+def _has_root(sch) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _dtype_bits(dtype) -> int:
+    return int("".join(c for c in str(dtype) if c.isdigit()) or 32)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules
+# ---------------------------------------------------------------------------------------------
+
+
+class TiledReduction(CPUScheduleRule):
+    """Register-tiled conv / matmul with the epilogue fused at the tile (see the module docstring).
+
+    ``vector_lanes``: 32-bit lanes of one vector register (8 for AVX2, 16 for AVX-512);
+    ``registers``: vector registers of the target (16 for AVX2).
+    """
+
+    def __init__(
+        self, vector_lanes: int = 8, registers: int = 16, max_block: int = 8, pairs: bool = True,
+        depthwise_rows: int = 8,
+    ):  # fmt: skip
+        self.vector_lanes = vector_lanes
+        self.depthwise_rows = depthwise_rows
+        self.pairs = pairs
+        self.registers = registers
+        self.max_block = max_block
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        attempts = [self._schedule]
+        if self.pairs and _has_avx2(target):
+            attempts.insert(0, self._schedule_pairs)
+        for attempt in attempts:
+            sch = s_tir.Schedule(func)
+            try:
+                infos = normalize_prim_func(sch)
+            except Exception:  # noqa: BLE001
+                return None
+            if not infos:
+                return None
+            reds = [i for i, b in enumerate(infos) if "R" in b.dom_kind()]
+            if len(reds) != 1:
+                return None
+            try:
+                ok = attempt(sch, infos, reds[0])
+            except Exception as err:  # noqa: BLE001 - an unexpected structure: the next attempt
+                if _DEBUG:
+                    if attempt == self._schedule:
+                        raise
+                    print(f"[tvm_mpq.schedules]   pairs: {type(err).__name__}: {str(err)[-1500:]}")
+                ok = False
+            if ok:
+                checked = _checked(sch)
+                if checked is not None:
+                    return _log(self, func, checked)
+        return None
+
+    # -- the tile shape
+    def _tile(self, v_ext: int, b_ext: int | None, lanes: int, narrow: bool, pairs: bool = False) -> tuple[int, int]:
+        """(vector length, block rows) from a small cost model of one reduction step.
+
+        Per row and accumulator register: a multiply and an add (an FMA for float); per row: a
+        broadcast of the row operand (a load for 32-bit values; load, shuffle and extend for
+        narrow integers -- the shuffle ports are what limits int8 kernels on AVX2); per register
+        of the vector operand: a load (plus an extend for narrow integers). Vectors of one to four
+        whole registers (odd lengths make LLVM spill); accumulators, the vector operand and a
+        broadcast within the 16 registers; ragged tiles count their wasted rows. ``narrow``: the
+        operands are integers narrower than the accumulator."""
+        if v_ext % lanes:
+            vis = [v_ext]  # one odd-length vector (depthwise rows of 7, 14, 28 pixels)
+        else:
+            vis = [v for v in (4 * lanes, 2 * lanes, lanes) if v_ext % v == 0]
+        mac, bcast, vload = (2, 4, 2) if narrow else (1, 1, 0.5)
+        if pairs:  # vpmaddwd on int16 pairs: broadcasts and vector loads are plain loads
+            mac, bcast, vload = (2, 1, 1)
+        options = []
+        for vi in vis:
+            regs = -(-vi // lanes)
+            if b_ext is None:
+                options.append((1.0, vi, 1))
+                continue
+            bmax = max(1, min(self.max_block, (self.registers - 1 - regs) // regs, b_ext))
+            for bf in range(1, bmax + 1):
+                if pairs and b_ext % bf:
+                    continue  # tensorize does not take the predicate of a ragged tile
+                useful = bf * vi * b_ext / (-(-b_ext // bf) * bf)
+                cost = mac * bf * regs + bcast * bf + vload * regs
+                options.append((useful / cost, vi, bf))
+        best = max(options)
+        return best[1], best[2]
+
+    def _schedule(self, sch, infos, ridx) -> bool:
+        rinfo = infos[ridx]
+        rblock = rinfo.block_rv
+        kinds = rinfo.dom_kind()
+        ns = len(kinds) - len(kinds.lstrip("S"))
+        if ns == 0 or "S" in kinds[ns:]:
+            return False
+        iters = rinfo.iters
+        ext = [_int(it.dom) for it in iters]
+        if any(e is None for e in ext) or len(sch.get_loops(rblock)) != len(kinds):
+            return False
+        svars = [it.var for it in iters[:ns]]
+
+        block = sch.get(rblock)
+        if len(block.writes) != 1:
+            return False
+        # Output dimension of each spatial axis (normalize_prim_func drops unit axes, whose
+        # output index is then a constant).
+        out_idx = [r.min for r in block.writes[0].region]
+        out_dim = [d for d, e in enumerate(out_idx) if _int(e) is None]
+        if len(out_dim) != ns or any(not out_idx[d].same_as(v) for d, v in zip(out_dim, svars)):
+            return False  # the output is not indexed by the spatial axes in order
+        acc_bits = _dtype_bits(block.writes[0].source.dtype)
+        lanes = max(1, self.vector_lanes * 32 // acc_bits)
+
+        # Producers that only move data go into the reduction; the epilogue into one block.
+        producers = []
+        for b in reversed(infos[:ridx]):
+            if _is_data_movement(sch, b.block_rv):
+                try:
+                    sch.compute_inline(b.block_rv)
+                    continue
+                except Exception:  # noqa: BLE001
+                    pass
+            producers.append(b.block_rv)  # e.g. a pad with a condition: a stage of its own
+        epilogue = _inline_chain(sch, [b.block_rv for b in infos[ridx + 1 :]])
+        block = sch.get(rblock)
+
+        # Which output axes index which operands.
+        reads = []
+        for r in block.reads:
+            if r.source.same_as(block.writes[0].source):
+                continue
+            reads.append([_vars(rg.min) for rg in r.region])
+        used = [set().union(*dims) if dims else set() for dims in reads]
+        v = ns - 1
+        # The block axis: an output axis that some operand does not depend on while another does
+        # (output channels of a conv, rows of a matmul); the vector axis: the innermost one.
+        vec_ops = [u for u in used if svars[v] in u]
+        vec_vars = set().union(*vec_ops) if vec_ops else set()
+        cands = [
+            i for i in range(ns - 1)
+            if ext[i] > 1 and svars[i] not in vec_vars and any(svars[i] in u for u in used)
+        ]  # fmt: skip
+        b = max(cands, key=lambda i: ext[i]) if cands else None
+        if ext[v] % lanes and b is not None and ext[b] % lanes == 0:
+            # Rows too short for whole vectors (7, 14, 28 pixels): vectorize over the block axis
+            # instead (8 output channels at a time), its operand and the accumulator transposed so
+            # that it is contiguous there.
+            v, b = b, v
+        if ext[v] < 4:
+            return False
+
+        consumer = epilogue[0] if len(epilogue) == 1 else None
+        if not epilogue:
+            consumer = sch.cache_write(rblock, 0, "global")
+        if v != ns - 1:
+            if consumer is None:
+                return False
+            perm = [d for d in range(len(out_idx)) if d != out_dim[v]] + [out_dim[v]]
+            sch.transform_layout(rblock, ("write", 0), _permute(perm))
+        stages = self._contiguous_operands(sch, rblock, svars[v])
+        if _DEBUG and stages:
+            print(f"[tvm_mpq.schedules]   {len(stages)} operand(s) copied contiguous")
+
+        loops = sch.get_loops(rblock)
+        spatial, reduction = list(loops[:ns]), list(loops[ns:])
+        in_bits = [_dtype_bits(sch.get(rblock).reads[i].source.dtype) for i in range(len(sch.get(rblock).reads))]
+        narrow = "int" in str(block.writes[0].source.dtype) and max(in_bits) < acc_bits
+        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, lanes, narrow)
+        if b is None and v == ns - 1 and ns >= 2 and ext[ns - 2] > 1 and vi % lanes == 0:
+            # No axis the vector operand ignores (depthwise conv): block output rows anyway --
+            # neighbouring rows share input rows and every weight broadcast, and LLVM merges
+            # the repeated loads of the unrolled rows.
+            b = ns - 2
+            bf = max(d for d in _divisors(ext[b]) if d <= self.depthwise_rows)
+        if _DEBUG:
+            mode = "channels" if v != ns - 1 else ("pixels" if b is not None else "row")
+            print(f"[tvm_mpq.schedules]   {mode}: axes {ext[:ns]} reduce {ext[ns:]} tile {bf}x{vi} lanes {lanes}")
+        v_o, v_i = sch.split(spatial[v], [None, vi])
+        if b is not None:
+            b_o, b_i = sch.split(spatial[b], [None, bf])
+            outer = [l for i, l in enumerate(spatial) if i not in (v, b)]
+            outer += [v_o, b_o] if v == ns - 1 else [b_o, v_o]
+            inner = [b_i, v_i]
+        else:
+            outer = [l for i, l in enumerate(spatial) if i != v] + [v_o]
+            inner = [v_i]
+        sch.reorder(*outer, *reduction, *inner)
+
+        if consumer is not None:
+            try:
+                _fence_block(sch, consumer)
+                sch.reverse_compute_at(consumer, outer[-1], preserve_unit_loops=False)
+            except Exception:  # noqa: BLE001 - not computable at the tile: schedule it apart
+                if v != ns - 1:
+                    raise
+                consumer = None
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        sch.vectorize(inner[-1])
+        for l in inner[:-1]:
+            sch.unroll(l)
+        for l, e in zip(reduction, ext[ns:]):
+            if e <= 3 and len(reduction) > 1:
+                sch.unroll(l)  # kernel rows / columns of a conv
+        init = sch.decompose_reduction(rblock, reduction[0])
+        self._vectorize_tile(sch, init)
+        if consumer is not None:
+            if v != ns - 1:
+                # the epilogue of a transposed tile: vectorize over channels too (contiguous
+                # accumulator and per-channel parameters; the stores scatter)
+                cl = sch.get_loops(consumer)[1:]
+                cv = [l for l in cl if _loop_var_in(sch, l, consumer, v)]
+                if cv:
+                    sch.reorder(*[l for l in cl if not cv[0].same_as(l)], cv[0])
+            self._vectorize_tile(sch, consumer)
+        for blk in producers:
+            _schedule_stage(sch, blk, self.vector_lanes)
+        for blk in stages + [e for e in epilogue if e is not consumer]:
+            _schedule_elementwise(sch, blk, self.vector_lanes)
+        return True
+
+    # -- the vpmaddwd path (int32 accumulators over int16 pairs; targets/x86.py)
+    def _schedule_pairs(self, sch, infos, ridx) -> bool:
+        """Integer kernels with an int32 accumulator and operands of at most 16 bits: the
+        reduction axis both operands share (input channels, K) is split into pairs, both operands
+        are laid out with the pair innermost as int16 (weights at compile time, activations by a
+        copy per call), and the inner step is one ``vpmaddwd`` per 8 outputs and 2 reduction
+        elements -- twice the multiply-adds of the widening multiply LLVM forms by itself, with
+        no shuffles for the broadcasts. Returns False where the kernel does not fit (the regular
+        path then schedules it)."""
+        rinfo = infos[ridx]
+        rblock = rinfo.block_rv
+        kinds = rinfo.dom_kind()
+        ns = len(kinds) - len(kinds.lstrip("S"))
+        if ns == 0 or "S" in kinds[ns:]:
+            return False
+        iters = rinfo.iters
+        ext = [_int(it.dom) for it in iters]
+        if any(e is None for e in ext) or len(sch.get_loops(rblock)) != len(kinds):
+            return False
+        svars = [it.var for it in iters[:ns]]
+        block = sch.get(rblock)
+        if len(block.writes) != 1 or str(block.writes[0].source.dtype) != "int32":
+            return False
+        out_buf = block.writes[0].source
+        out_idx = [r.min for r in block.writes[0].region]
+        out_dim = [d for d, e in enumerate(out_idx) if _int(e) is None]
+        if len(out_dim) != ns or any(not out_idx[d].same_as(v) for d, v in zip(out_dim, svars)):
+            return False
+
+        # Producers: pure data movement is inlined; a pad (or a centering cast) feeding the
+        # reduction becomes the operand's layout stage itself.
+        producers = []
+        for b in reversed(infos[:ridx]):
+            feeds = any(sch.get(c).same_as(block) for c in sch.get_consumers(b.block_rv))
+            writes16 = _dtype_bits(sch.get(b.block_rv).writes[0].source.dtype) == 16
+            if not (feeds and writes16) and _is_data_movement(sch, b.block_rv):
+                try:
+                    sch.compute_inline(b.block_rv)
+                    continue
+                except Exception:  # noqa: BLE001
+                    pass
+            producers.append(b.block_rv)
+        epilogue = _inline_chain(sch, [b.block_rv for b in infos[ridx + 1 :]])
+        block = sch.get(rblock)
+
+        # The body must be  C = C + int32(L1) * int32(L2)  over two integer operands of <= 16 bits.
+        store = block.body
+        if not (isinstance(store, tirx.BufferStore) and isinstance(store.value, tirx.Add)):
+            return False
+        prod = store.value.b
+        if not (isinstance(prod, tirx.Mul) and all(_cast_of_load(x) is not None for x in (prod.a, prod.b))):
+            return False
+        loads = [_cast_of_load(prod.a), _cast_of_load(prod.b)]
+        if any(_dtype_bits(ld.source.dtype) > 16 or "float" in str(ld.source.dtype) for ld in loads):
+            return False
+        if any(ld.source.same_as(out_buf) for ld in loads) or loads[0].source.same_as(loads[1].source):
+            return False
+
+        # Axes: vector axis (innermost output axis, or output channels when rows are short).
+        idx_vars = [[_vars(i) for i in ld.indices] for ld in loads]
+        used = [set().union(*dims) for dims in idx_vars]
+        v = ns - 1
+        vec = [k for k in (0, 1) if svars[v] in used[k]]
+        cands = [
+            i for i in range(ns - 1)
+            if ext[i] > 1 and all(svars[i] not in used[k] for k in vec) and any(svars[i] in u for u in used)
+        ]  # fmt: skip
+        b = max(cands, key=lambda i: ext[i]) if cands else None
+        lanes = self.vector_lanes
+        if ext[v] % lanes and b is not None and ext[b] % lanes == 0:
+            v, b = b, v
+        if ext[v] % PMADDWD_LANES:
+            return False
+        vec = [k for k in (0, 1) if svars[v] in used[k]]
+        if len(vec) != 1:
+            return False
+        kv, kb = vec[0], 1 - vec[0]
+        # The pair axis: a reduction axis indexing each operand in exactly one dimension, plainly.
+        red_iters = iters[ns:]
+        pair = None
+        for ri, it in enumerate(red_iters):
+            if _int(it.dom) % 2:
+                continue
+            dims = [[d for d, vs in enumerate(idx_vars[k]) if it.var in vs] for k in (0, 1)]
+            if all(len(ds) == 1 and loads[k].indices[ds[0]].same_as(it.var) for k, ds in zip((0, 1), dims)):
+                pair = (ri, dims[0][0], dims[1][0])
+                break
+        if pair is None:
+            return False
+        ri, dr0, dr1 = pair
+        dr = (dr0, dr1)
+        vdims = [d for d, vs in enumerate(idx_vars[kv]) if svars[v] in vs]
+        if len(vdims) != 1 or not _unit_stride(loads[kv].indices[vdims[0]], svars[v]):
+            return False
+        dv = vdims[0]
+
+        consumer = epilogue[0] if len(epilogue) == 1 else None
+        if not epilogue:
+            consumer = sch.cache_write(rblock, 0, "global")
+        if consumer is None:
+            return False
+        if v != ns - 1:
+            perm = [d for d in range(len(out_idx)) if d != out_dim[v]] + [out_dim[v]]
+            sch.transform_layout(rblock, ("write", 0), _permute(perm))
+
+        # Operand layouts: [..., r // 2, (v,) r % 2] in int16.
+        stage_bufs, stages = [], []
+        for k, vdim in ((kv, dv), (kb, None)):
+            stage = self._pair_stage(sch, rblock, loads[k].source, dr[k], vdim, producers)
+            stages.append(stage)
+            stage_bufs.append(sch.get(stage).writes[0].source)
+        _rewrite_block(sch, rblock, lambda e: _drop_widening_cast(e, stage_bufs))
+        prod = sch.get(rblock).body.value.b
+        first = _cast_of_load(prod.a).source
+        intrin = PMADDWD_VEC_FIRST if first.same_as(stage_bufs[0]) else PMADDWD_BCAST_FIRST
+
+        loops = sch.get_loops(rblock)
+        spatial, reduction = list(loops[:ns]), list(loops[ns:])
+        r2, t = sch.split(reduction[ri], [None, 2])
+        reduction = reduction[:ri] + [r2] + reduction[ri + 1 :]
+        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, lanes, False, pairs=True)
+        if vi % PMADDWD_LANES:
+            return False
+        if _DEBUG:
+            mode = "channels" if v != ns - 1 else ("pixels" if b is not None else "row")
+            print(f"[tvm_mpq.schedules]   pairs {mode}: axes {ext[:ns]} reduce {ext[ns:]} tile {bf}x{vi}")
+        v_o, v_i = sch.split(spatial[v], [None, vi])
+        v_io, v8 = sch.split(v_i, [None, PMADDWD_LANES])
+        if b is not None:
+            b_o, b_i = sch.split(spatial[b], [None, bf])
+            outer = [l for i, l in enumerate(spatial) if i not in (v, b)]
+            outer += [v_o, b_o] if v == ns - 1 else [b_o, v_o]
+            inner = [b_i, v_io]
+        else:
+            outer = [l for i, l in enumerate(spatial) if i != v] + [v_o]
+            inner = [v_io]
+        sch.reorder(*outer, *reduction, *inner, v8, t)
+        _fence_block(sch, consumer)
+        sch.reverse_compute_at(consumer, outer[-1], preserve_unit_loops=False)
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        for l in inner:
+            sch.unroll(l)
+        for l, e in zip(reduction, [e for i, e in enumerate(ext[ns:]) if i != ri]):
+            if e <= 3 and len(reduction) > 1:
+                sch.unroll(l)
+        init = sch.decompose_reduction(rblock, reduction[0])
+        self._vectorize_tile(sch, init)
+        if v != ns - 1:
+            cl = sch.get_loops(consumer)[1:]
+            cv = [l for l in cl if _loop_var_in(sch, l, consumer, v)]
+            if cv:
+                sch.reorder(*[l for l in cl if not cv[0].same_as(l)], cv[0])
+        self._vectorize_tile(sch, consumer)
+        sch.tensorize(v8, intrin)
+        for stage in stages:
+            _schedule_copy(sch, stage)
+        for blk in [p for p in producers if not any(sch.get(p).same_as(sch.get(st)) for st in stages)]:
+            _schedule_elementwise(sch, blk, self.vector_lanes)
+        for blk in epilogue:
+            if blk is not consumer:
+                _schedule_elementwise(sch, blk, self.vector_lanes)
+        return True
+
+    @staticmethod
+    def _pair_stage(sch, rblock, buf, dr: int, dv, producers):
+        """The block that writes operand ``buf`` as int16 in the layout [..., r//2, (v,) r%2]:
+        its producer in this function if it has one (a pad, a centering cast), else a copy (of a
+        weight: done at compile time by the layout-rewrite passes)."""
+        ndim = len(buf.shape)
+
+        def index_map(*d):
+            rest = [d[i] for i in range(ndim) if i not in (dr, dv)]
+            return (*rest, d[dr] // 2, *([d[dv]] if dv is not None else []), d[dr] % 2)
+
+        stage = None
+        for p in producers:
+            if sch.get(p).writes[0].source.same_as(buf):
+                stage = p
+        if stage is None:
+            reads = [r.source for r in sch.get(rblock).reads]
+            i = next(i for i, r in enumerate(reads) if r.same_as(buf))
+            stage = sch.cache_read(rblock, i, "global")
+            if _layout_free(sch, buf):
+                sch.annotate(stage, "meta_schedule.layout_rewrite_preproc", True)
+        sch.transform_layout(stage, ("write", 0), index_map)
+        if str(sch.get(stage).writes[0].source.dtype) != "int16":
+            sch.unsafe_set_dtype(stage, 0, "int16")
+        try:
+            _transform_block_layout(sch, stage, index_map)  # iterate in the destination's order
+        except Exception:  # noqa: BLE001 - e.g. a pad whose domain is not the buffer's
+            pass
+        return stage
+
+    @staticmethod
+    def _contiguous_operands(sch, rblock, vvar) -> list:
+        """Make every operand read along the vector axis contiguous there, by a copy in another
+        layout: operands whose vector dimension is not their last (conv weights when vectorizing
+        over output channels, packed int4 dense weights) get it moved last; operands read with a
+        stride s along their last dimension (stride-2 convs) get it split into (w % s, w // s).
+        Copies of weights are marked as layout rewrites (done at compile time). Returns the copy
+        blocks."""
+        stages = []
+        i = 0
+        while i < len(sch.get(rblock).reads):
+            r = sch.get(rblock).reads[i]
+            i += 1
+            if r.source.same_as(sch.get(rblock).writes[0].source):
+                continue
+            dims = [d for d, rg in enumerate(r.region) if vvar in _vars(rg.min)]
+            ndim = len(r.region)
+            if len(dims) != 1:
+                continue
+            d = dims[0]
+            index_map = None
+            if d != ndim - 1 and r.region[d].min.same_as(vvar):
+                perm = [k for k in range(ndim) if k != d] + [d]
+                index_map = _permute(perm)
+            elif d == ndim - 1:
+                stride = _stride(r.region[d].min, vvar)
+                extent = _int(r.source.shape[d])
+                if stride is not None and stride > 1 and extent is not None and extent % stride == 0:
+                    index_map = _destride(ndim, stride)
+            if index_map is None:
+                continue
+            destride = d == ndim - 1
+            layout_free = _layout_free(sch, r.source)
+            cache = sch.cache_read(rblock, i - 1, "global")
+            sch.transform_layout(cache, ("write", 0), index_map)
+            if layout_free:
+                # A weight: SplitLayoutRewritePreproc + FoldConstant do this copy at compile time.
+                sch.annotate(cache, "meta_schedule.layout_rewrite_preproc", True)
+            else:
+                try:
+                    _transform_block_layout(sch, cache, index_map)  # iterate in the copy's order
+                    if destride:
+                        _schedule_destride(sch, cache)
+                        continue
+                except Exception:  # noqa: BLE001
+                    pass
+            stages.append(cache)
+        return stages
+
+    @staticmethod
+    def _vectorize_tile(sch, block_rv):
+        loops = sch.get_loops(block_rv)[1:]  # under the parallel loop
+        if not loops:
+            return
+        sch.vectorize(loops[-1])
+        for l in loops[:-1]:
+            sch.unroll(l)
+
+
+def _has_avx2(target) -> bool:
+    try:
+        from tvm.target import codegen
+
+        return bool(codegen.target_has_features("avx2", target))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _cast_of_load(expr):
+    """The load inside ``int32(load)``, or None."""
+    if isinstance(expr, tirx.Cast) and isinstance(expr.value, tvm.ir.TensorLoad):
+        return expr.value
+    return None
+
+
+def _drop_widening_cast(expr, bufs):
+    """``Cast(t, Cast(narrow, load))`` -> ``Cast(t, load)`` for loads of the int16 stages, which
+    ``unsafe_set_dtype`` re-narrowed to the operand's old type (uint8 / int8): the stage holds
+    exactly those values."""
+    if (
+        isinstance(expr, tirx.Cast) and isinstance(expr.value, tirx.Cast)
+        and isinstance(expr.value.value, tvm.ir.TensorLoad)
+        and any(expr.value.value.source.same_as(b) for b in bufs)
+    ):  # fmt: skip
+        return tirx.Cast(str(expr.ty), expr.value.value)
+    return expr
+
+
+def _unit_stride(expr, var) -> bool:
+    return _stride(expr, var) == 1
+
+
+def _transform_block_layout(sch, block_rv, index_map) -> None:
+    """``transform_block_layout`` with a variadic Python index map (TVM needs its arity)."""
+    ndim = len(sch.get(block_rv).iter_vars)
+    sch.transform_block_layout(block_rv, tirx.IndexMap.from_func(index_map, ndim=ndim))
+
+
+def _schedule_destride(sch, block_rv) -> None:
+    """A stride-splitting copy ([..., w % s, w // s]): outer loops parallel, then w // s with the
+    s phases unrolled inside -- LLVM vectorizes that loop with wide loads and deinterleaving
+    shuffles (its interleaved-access vectorizer)."""
+    loops = sch.get_loops(block_rv)
+    if len(loops) < 2:
+        return
+    phase, w = loops[-2], loops[-1]
+    sch.reorder(w, phase)
+    if len(loops) > 2:
+        sch.parallel(sch.fuse(*loops[:-2]))
+    sch.unroll(phase)
+
+
+def _schedule_copy(sch, block_rv) -> None:
+    """A layout stage ([..., x, pair]): outer loops parallel, the pair unrolled, the loop over x
+    left to LLVM, which vectorizes the interleaving with wide loads and shuffles."""
+    loops = sch.get_loops(block_rv)
+    if len(loops) > 2:
+        sch.parallel(sch.fuse(*loops[:-2]))
+    if loops:
+        sch.unroll(loops[-1])
+
+
+def _layout_free(sch, buffer) -> bool:
+    """``buffer`` is a parameter the Relax caller marked layout-free (a weight or a constant:
+    relax.transform.AttachAttrLayoutFreeBuffers)."""
+    func = sch.mod["main"]
+    free = func.attrs["layout_free_buffers"] if func.attrs and "layout_free_buffers" in func.attrs else []
+    return any(func.params[int(i)].same_as(buffer) for i in free)
+
+
+def _stride(expr, var) -> int | None:
+    from tvm.sym.pattern import detect_linear_equation
+
+    coef = detect_linear_equation(expr, [var])
+    return _int(coef[0]) if len(coef) == 2 else None
+
+
+def _destride(ndim: int, stride: int):
+    """An index map splitting the last axis w into (w % stride, w // stride)."""
+
+    def index_map(*axes):
+        return (*axes[:-1], axes[-1] % stride, axes[-1] // stride)
+
+    assert ndim >= 1
+    return index_map
+
+
+def _permute(perm: list[int]):
+    """An index map (as a Python function) moving axes into the order ``perm``."""
+
+    def index_map(*axes):
+        return tuple(axes[p] for p in perm)
+
+    return index_map
+
+
+def _loop_var_in(sch, loop, block_rv, axis: int) -> bool:
+    """Whether ``loop`` drives the block's ``axis``-th iteration variable."""
+    realize = sch.get_sref(block_rv)
+    del realize
+    binding = _block_bindings(sch, block_rv)
+    if axis >= len(binding):
+        return False
+    return sch.get(loop).loop_var in _vars(binding[axis])
+
+
+def _block_bindings(sch, block_rv) -> list:
+    """The binding expressions of a block's iteration variables (from its realize)."""
+    parent = sch.get(sch.get_loops(block_rv)[-1])
+    body = parent.body
+    while not isinstance(body, s_tir.SBlockRealize):
+        body = body.body if hasattr(body, "body") else body.seq[0]
+    return list(body.iter_values)
+
+
+def _schedule_elementwise(sch, block_rv, lanes: int) -> None:
+    """Fuse and parallelize the leading loops of a spatial block, vectorize the innermost one."""
+    loops = sch.get_loops(block_rv)
+    if not loops:
+        return
+    info_ext = [_int(sch.get(l).extent) for l in loops]
+    if len(loops) > 1:
+        outer = sch.fuse(*loops[:-1])
+        sch.parallel(outer)
+    inner = loops[-1]
+    e = info_ext[-1]
+    if e is not None and e >= 4:
+        if e % lanes == 0:
+            _, inner = sch.split(inner, factors=[None, lanes])
+            sch.vectorize(inner)
+        elif e <= 4 * lanes:
+            sch.vectorize(inner)  # a short odd row: one vector
+        # else: a long ragged row stays a plain loop; LLVM vectorizes it with a remainder (a
+        # predicated split would make TVM scalarize the whole loop)
+    elif len(loops) == 1:
+        sch.parallel(inner)
+
+
+def _schedule_stage(sch, block_rv, lanes: int) -> None:
+    """A producer stage of a kernel: a pad (``if_then_else`` borders) is split into a constant
+    fill and a copy of the interior, both plain loops that vectorize; anything else elementwise."""
+    loops = sch.get_loops(block_rv)
+    if loops:
+        try:
+            fill = sch.decompose_padding(block_rv, loops[0])
+            _schedule_elementwise(sch, fill, lanes)
+        except Exception:  # noqa: BLE001 - not a pad
+            pass
+    _schedule_elementwise(sch, block_rv, lanes)
+
+
+class InlinedElementwise(CPUScheduleRule):
+    """Functions without a reduction: inline the chain, then parallelize and vectorize."""
+
+    def __init__(self, vector_lanes: int = 8):
+        self.vector_lanes = vector_lanes
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            infos = normalize_prim_func(sch)
+        except Exception:  # noqa: BLE001
+            return None
+        if not infos or any("R" in b.dom_kind() for b in infos):
+            return None
+        if any(any(k != "S" for k in b.dom_kind()) for b in infos):
+            return None
+        try:
+            left = _inline_chain(sch, [b.block_rv for b in infos])
+            for b in left:
+                _fence_block(sch, b)
+                _schedule_elementwise(sch, b, self.vector_lanes)
+        except Exception:  # noqa: BLE001
+            return None
+        return _log(self, func, _checked(sch))
 
 
 class ParallelVectorize(CPUScheduleRule):
@@ -35,7 +959,7 @@ class ParallelVectorize(CPUScheduleRule):
                 self._schedule_block(sch, info)
             except Exception:  # noqa: BLE001 - schedule primitives are transactional; skip the block
                 continue
-        return sch
+        return _log(self, func, sch)
 
     def _vectorize(self, sch, loop):
         extent = sch.get(loop).extent
@@ -64,3 +988,14 @@ class ParallelVectorize(CPUScheduleRule):
         else:
             sch.parallel(outer)
         self._vectorize(sch, inner)
+
+
+def _log(rule, func, sch):
+    if _DEBUG and sch is not None:
+        print(f"[tvm_mpq.schedules] {type(rule).__name__}: {str(func.ty)[11:200]}")
+    return sch
+
+
+def rules(vector_lanes: int = 8) -> list[CPUScheduleRule]:
+    """The rules in the order tvm_mpq's pipeline tries them."""
+    return [TiledReduction(vector_lanes), InlinedElementwise(vector_lanes), ParallelVectorize(vector_lanes)]

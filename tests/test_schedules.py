@@ -1,0 +1,355 @@
+"""The template schedules (tvm_mpq.targets.schedules) on odd shapes: every code path, bit-exact.
+
+``TiledReduction`` picks between two tilings -- vectors over output pixels / columns with a block of
+output channels / rows, or (rows too short for whole vectors: 7, 14, 28 pixels) vectors over output
+channels with their weights and accumulator transposed -- and copies operands into a contiguous
+layout where needed (packed int4 dense weights, transposed conv weights). The shapes below are
+chosen to hit each path with ragged tiles (block sizes that do not divide the axis, odd vector
+lengths), at every kernel dtype, and each case checks that the template really scheduled the kernel
+(no silent fallback to the generic rule). Integer results are compared with the numpy int64
+references of test_integer_kernels; float epilogues (fused into the tile) must round exactly like
+numpy's separate multiply and add -- no FMA contraction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, s_tir, tirx
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+from test_integer_kernels import (
+    _act_max_abs,
+    _assert_exact,
+    _build_run,
+    _conv_attrs,
+    _rand_act,
+    _rand_weight,
+    _tensor_var,
+    _weight_const,
+    ref_conv2d,
+    ref_matmul,
+)
+from tvm_mpq.passes import integer_ops as iops
+from tvm_mpq.quant_math import pack_int4
+from tvm_mpq.targets import host_target
+from tvm_mpq.targets.schedules import InlinedElementwise, TiledReduction, fence_products
+
+LANES = 8
+
+
+def _fused_primfuncs(mod: tvm.IRModule) -> list[tirx.PrimFunc]:
+    """The PrimFuncs tvm_mpq's pipeline hands to the schedule rules (after legalize + fusion)."""
+    target = host_target().target
+    with target:
+        fused = tvm.transform.Sequential(
+            cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+        )(mod)
+    return [f for _, f in fused.functions_items() if isinstance(f, tirx.PrimFunc)]
+
+
+def _has_reduction(func: tirx.PrimFunc) -> bool:
+    infos = normalize_prim_func(s_tir.Schedule(func)) or []
+    return any("R" in b.dom_kind() for b in infos)
+
+
+def _assert_templated(mod: tvm.IRModule, expect: int, pairs: bool | None = None):
+    """Every reduction kernel of ``mod`` is scheduled by TiledReduction (``expect`` of them); with
+    ``pairs`` True / False, each does / does not use the vpmaddwd intrinsic."""
+    target = host_target().target
+    funcs = [f for f in _fused_primfuncs(mod) if _has_reduction(f)]
+    assert len(funcs) == expect, [str(f.ty) for f in funcs]
+    for f in funcs:
+        sch = TiledReduction(LANES).apply(f, target, False)
+        assert sch is not None, f"fell back: {f.ty}"
+        if pairs is not None:
+            used = "pmadd.wd" in sch.mod["main"].script()
+            assert used == pairs, f"vpmaddwd {'not ' if pairs else ''}expected: {f.ty}"
+
+
+# ---------------------------------------------------------------------------------------------
+# conv2d: (name, x shape, out channels, kernel, strides, padding (t, l, b, r), dilation, groups)
+# ---------------------------------------------------------------------------------------------
+
+CONV_CASES = [
+    # vectors over pixels (rows of 16 / 24), a ragged block of 13 / 5 output channels
+    ("pixels_1x1", (1, 13, 3, 16), 13, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("pixels_3x3_pad", (1, 5, 5, 24), 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("pixels_strided", (1, 3, 9, 33), 11, (3, 3), (2, 2), (1, 1, 1, 0), (1, 1), 1),
+    # rows of 7 / 14 / 9 pixels: vectors over 16 / 24 / 40 output channels, ragged pixel tiles
+    ("channels_1x1_w7", (1, 37, 7, 7), 40, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("channels_1x1_w14", (1, 19, 2, 14), 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("channels_3x3_w9", (1, 6, 4, 9), 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("channels_grouped", (1, 8, 5, 7), 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    # depthwise: odd-length pixel vectors (7, 13) and whole ones (16), strided
+    ("depthwise_w7", (1, 11, 9, 7), 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 11),
+    ("depthwise_w16", (1, 5, 3, 16), 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 5),
+    ("depthwise_strided", (1, 7, 9, 26), 7, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 7),
+]
+
+
+def _conv_case_inputs(rng, bits, act_dtype):
+    cases = []
+    for name, xshape, o, (kh, kw), strides, padding, dilation, groups in CONV_CASES:
+        x = _rand_act(rng, xshape, act_dtype)
+        w = _rand_weight(rng, (o, xshape[1] // groups, kh, kw), bits)
+        cases.append((name, x, w, strides, padding, dilation, groups))
+    return cases
+
+
+def _conv_module(cases, bits, act_dtype, zp):
+    params, prepared = [], []
+    for j, (_, x, w, strides, padding, dilation, groups) in enumerate(cases):
+        w2d = w.reshape(w.shape[0], -1)
+        acc = iops.accumulator_dtype(_act_max_abs(act_dtype, zp), int(np.abs(w2d).sum(1).max()))
+        params.append(_tensor_var(f"xq{j}", x.shape, act_dtype))
+        prepared.append((w, w2d, acc, _conv_attrs(strides, padding, dilation, groups, "relax")))
+
+    def body(bb):
+        outs = []
+        for xv, (w, w2d, acc, attrs) in zip(params, prepared):
+            y = iops.emit_conv2d(bb, xv, _weight_const(w, bits), attrs, zp, bits, w.shape, acc)
+            outs.append(iops.emit_zero_point_correction(bb, y, zp, w2d.sum(1), (1, w.shape[0], 1, 1), acc))
+        return outs
+
+    return params, prepared, body
+
+
+# Even input channels: the vpmaddwd path (int32 accumulators, pairs of input channels), in both
+# tilings, with ragged tiles, a 3x3 pad stage (int16 activations pad in the kernel), grouped.
+PAIR_CONV_CASES = [
+    ("pairs_pixels_1x1", (1, 14, 3, 16), 13, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("pairs_pixels_3x3_pad", (1, 6, 5, 24), 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("pairs_channels_1x1_w7", (1, 38, 7, 7), 40, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("pairs_channels_3x3_w9", (1, 10, 4, 9), 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("pairs_channels_rect", (1, 22, 3, 5), 16, (1, 3), (1, 1), (0, 1, 0, 1), (1, 1), 1),
+]
+
+
+@pytest.mark.parametrize("bits,act", [(8, ("uint8", 37)), (8, ("int16", 0)), (16, ("uint8", 201))])
+def test_conv2d_vpmaddwd_path_bit_exact(bits, act):
+    act_dtype, zp = act
+    rng = np.random.default_rng(bits * 31 + zp)
+    cases = []
+    for name, xshape, o, (kh, kw), strides, padding, dilation, groups in PAIR_CONV_CASES:
+        x = _rand_act(rng, xshape, act_dtype)
+        w = _rand_weight(rng, (o, xshape[1] // groups, kh, kw), bits)
+        cases.append((name, x, w, strides, padding, dilation, groups))
+    params, prepared, body = _conv_module(cases, bits, act_dtype, zp)
+    assert {p[2] for p in prepared} == {"int32"}
+    got, mod = _build_run(params, body, [c[1] for c in cases])
+    for g, (name, x, w, strides, padding, dilation, groups), (_, _, acc, _) in zip(got, cases, prepared):
+        ref = ref_conv2d(x, w, zp, strides, padding, dilation, groups)
+        _assert_exact(g, ref, acc, f"conv2d {name} w{bits} {act_dtype}")
+    _assert_templated(mod, len(cases), pairs=True)
+
+
+@pytest.mark.parametrize(
+    "bits,act", [(8, ("uint8", 37)), (4, ("uint8", 201)), (8, ("int16", 0)), (16, ("int16", 0)), (16, ("uint8", 5))]
+)
+def test_conv2d_templates_bit_exact(bits, act):
+    act_dtype, zp = act
+    rng = np.random.default_rng(bits * 100 + zp)
+    cases = _conv_case_inputs(rng, bits, act_dtype)
+    params, prepared, body = _conv_module(cases, bits, act_dtype, zp)
+    got, mod = _build_run(params, body, [c[1] for c in cases])
+    for g, (name, x, w, strides, padding, dilation, groups), (_, _, acc, _) in zip(got, cases, prepared):
+        ref = ref_conv2d(x, w, zp, strides, padding, dilation, groups)
+        _assert_exact(g, ref, acc, f"conv2d {name} w{bits} {act_dtype}")
+    _assert_templated(mod, len(cases))
+    if bits == 16 and act_dtype == "int16":
+        assert {p[2] for p in prepared} == {"int64"}  # int64 accumulators, in every tiling
+
+
+# ---------------------------------------------------------------------------------------------
+# dense / matmul
+# ---------------------------------------------------------------------------------------------
+
+# (x shape [..., K], N): vectors over 16 / 24 columns with ragged rows; N = 5 / 13 with rows a
+# multiple of 8 (vectors over rows instead); one row (GEMV).
+DENSE_CASES = [((13, 37), 16), ((2, 7, 29), 24), ((16, 37), 5), ((1, 24, 19), 13), ((1, 45), 40)]
+
+
+@pytest.mark.parametrize("bits,act", [(8, ("uint8", 37)), (4, ("uint8", 201)), (16, ("int16", 0))])
+def test_dense_templates_bit_exact(bits, act):
+    act_dtype, zp = act
+    rng = np.random.default_rng(7 * bits + zp)
+    params, prepared, inputs = [], [], []
+    for j, (xshape, n) in enumerate(DENSE_CASES):
+        x = _rand_act(rng, xshape, act_dtype)
+        w = _rand_weight(rng, (xshape[-1], n), bits)
+        k = xshape[-1]
+        acc = iops.accumulator_dtype(_act_max_abs(act_dtype, zp), int(np.abs(w).sum(0).max()))
+        if bits == 4:
+            const = relax.const(pack_int4(w.T), "uint8")
+        else:
+            const = relax.const(w.astype("int8" if bits == 8 else "int16"), "int8" if bits == 8 else "int16")
+        params.append(_tensor_var(f"x{j}", xshape, act_dtype))
+        prepared.append((const, k, n, w, acc))
+        inputs.append(x)
+
+    def body(bb):
+        outs = []
+        for xv, (const, k, n, w, acc) in zip(params, prepared):
+            y = iops.emit_dense(bb, xv, const, bits, k, n, acc)
+            outs.append(iops.emit_zero_point_correction(bb, y, zp, w.T.sum(1), (n,), acc))
+        return outs
+
+    got, mod = _build_run(params, body, inputs)
+    for g, x, (_, _, _, w, acc) in zip(got, inputs, prepared):
+        _assert_exact(g, ref_matmul(x, w, zp), acc, f"dense {x.shape} x {w.shape} w{bits} {act_dtype}")
+    _assert_templated(mod, len(DENSE_CASES))
+
+
+# Even K: the vpmaddwd path -- columns (16, 24 with ragged rows), rows (N = 5, 13) and one row.
+PAIR_DENSE_CASES = [((13, 38), 16), ((2, 7, 30), 24), ((16, 38), 5), ((1, 24, 20), 13), ((1, 46), 40)]
+
+
+@pytest.mark.parametrize("bits,act", [(8, ("uint8", 37)), (8, ("int16", 0)), (16, ("uint8", 201))])
+def test_dense_vpmaddwd_path_bit_exact(bits, act):
+    act_dtype, zp = act
+    rng = np.random.default_rng(3 * bits + zp)
+    params, prepared, inputs = [], [], []
+    for j, (xshape, n) in enumerate(PAIR_DENSE_CASES):
+        x = _rand_act(rng, xshape, act_dtype)
+        w = _rand_weight(rng, (xshape[-1], n), bits)
+        acc = iops.accumulator_dtype(_act_max_abs(act_dtype, zp), int(np.abs(w).sum(0).max()))
+        const = relax.const(w.astype("int8" if bits == 8 else "int16"))
+        params.append(_tensor_var(f"x{j}", xshape, act_dtype))
+        prepared.append((const, xshape[-1], n, w, acc))
+        inputs.append(x)
+
+    def body(bb):
+        outs = []
+        for xv, (const, k, n, w, acc) in zip(params, prepared):
+            y = iops.emit_dense(bb, xv, const, bits, k, n, acc)
+            outs.append(iops.emit_zero_point_correction(bb, y, zp, w.T.sum(1), (n,), acc))
+        return outs
+
+    got, mod = _build_run(params, body, inputs)
+    assert {p[4] for p in prepared} == {"int32"}
+    for g, x, (_, _, _, w, acc) in zip(got, inputs, prepared):
+        _assert_exact(g, ref_matmul(x, w, zp), acc, f"dense {x.shape} x {w.shape} w{bits} {act_dtype}")
+    _assert_templated(mod, len(PAIR_DENSE_CASES), pairs=True)
+
+
+def test_batched_activation_matmul_vpmaddwd_path_bit_exact():
+    """Centered a8 x a8 / a16 x a8 attention-style matmuls with even K (int32 accumulators): the
+    centering cast itself writes the int16 pair layout."""
+    rng = np.random.default_rng(12)
+    specs = [((2, 3, 5, 38), (2, 3, 38, 16), ("uint8", 37), ("uint8", 201)),
+             ((2, 16, 30), (2, 30, 13), ("uint8", 0), ("uint8", 128)),
+             ((3, 9, 22), (3, 22, 24), ("int16", 0), ("uint8", 37))]  # fmt: skip
+    params, prepared, inputs = [], [], []
+    for j, (ash, bsh, (da, za), (db, zb)) in enumerate(specs):
+        a, b = _rand_act(rng, ash, da), _rand_act(rng, bsh, db)
+        acc = iops.accumulator_dtype(_act_max_abs(da, za), ash[-1] * _act_max_abs(db, zb))
+        assert acc == "int32"
+        params += [_tensor_var(f"a{j}", ash, da), _tensor_var(f"b{j}", bsh, db)]
+        prepared.append((za, zb, acc))
+        inputs += [a, b]
+
+    def body(bb):
+        outs = []
+        for j, (za, zb, acc) in enumerate(prepared):
+            ca = iops.emit_centered(bb, params[2 * j], za)
+            cb = iops.emit_centered(bb, params[2 * j + 1], zb)
+            outs.append(bb.emit(relax.op.matmul(ca, cb, out_dtype=acc)))
+        return outs
+
+    got, mod = _build_run(params, body, inputs)
+    for j, (g, (za, zb, acc)) in enumerate(zip(got, prepared)):
+        _assert_exact(g, ref_matmul(inputs[2 * j], inputs[2 * j + 1], za, zb), acc, f"matmul {specs[j]}")
+    _assert_templated(mod, len(specs), pairs=True)
+
+
+def test_batched_activation_matmul_templates_bit_exact():
+    """a8 x a8 and a16 x a16 batched matmuls (attention), rows of 16 and of 5 / 13 columns."""
+    rng = np.random.default_rng(11)
+    specs = [((2, 3, 5, 37), (2, 3, 37, 16), ("uint8", 37), ("uint8", 201)),
+             ((2, 16, 29), (2, 29, 13), ("uint8", 0), ("uint8", 128)),
+             ((3, 8, 19), (3, 19, 5), ("int16", 0), ("int16", 0))]  # fmt: skip
+    params, prepared, inputs = [], [], []
+    for j, (ash, bsh, (da, za), (db, zb)) in enumerate(specs):
+        a, b = _rand_act(rng, ash, da), _rand_act(rng, bsh, db)
+        acc = iops.accumulator_dtype(_act_max_abs(da, za), ash[-1] * _act_max_abs(db, zb))
+        params += [_tensor_var(f"a{j}", ash, da), _tensor_var(f"b{j}", bsh, db)]
+        prepared.append((za, zb, acc))
+        inputs += [a, b]
+
+    def body(bb):
+        outs = []
+        for j, (za, zb, acc) in enumerate(prepared):
+            ca = iops.emit_centered(bb, params[2 * j], za)
+            cb = iops.emit_centered(bb, params[2 * j + 1], zb)
+            outs.append(bb.emit(relax.op.matmul(ca, cb, out_dtype=acc)))
+        return outs
+
+    got, mod = _build_run(params, body, inputs)
+    for j, (g, (za, zb, acc)) in enumerate(zip(got, prepared)):
+        _assert_exact(g, ref_matmul(inputs[2 * j], inputs[2 * j + 1], za, zb), acc, f"matmul {specs[j]}")
+    _assert_templated(mod, len(specs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused float epilogues round like separate ops (no FMA contraction)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fused_rescale_and_bias_round_twice():
+    """``float32(acc) * scale + bias`` fused into the conv / dense tile equals numpy's separately
+    rounded multiply and add (LLVM would contract the pair into one FMA without the fence)."""
+    rng = np.random.default_rng(21)
+    x = _rand_act(rng, (1, 29, 7, 16), "uint8")
+    w = _rand_weight(rng, (24, 29, 1, 1), 8)
+    xd = _rand_act(rng, (9, 61), "uint8")
+    wd = _rand_weight(rng, (61, 16), 8)
+    scale = rng.uniform(1e-4, 1e-2, size=24).astype(np.float32)
+    bias = rng.normal(size=24).astype(np.float32)
+    attrs = _conv_attrs((1, 1), (0, 0, 0, 0), (1, 1), 1, "relax")
+    params = [_tensor_var("x", x.shape, "uint8"), _tensor_var("xd", xd.shape, "uint8")]
+
+    def body(bb):
+        acc = iops.emit_conv2d(bb, params[0], _weight_const(w, 8), attrs, 0, 8, w.shape, "int32")
+        y = iops.emit_dequantize(bb, acc, scale, (1, 24, 1, 1))
+        y = bb.emit(relax.op.add(y, relax.const(bias.reshape(1, 24, 1, 1))))
+        accd = iops.emit_dense(bb, params[1], relax.const(wd.astype("int8")), 8, 61, 16, "int32")
+        yd = iops.emit_dequantize(bb, accd, scale[:16], (16,))
+        yd = bb.emit(relax.op.add(yd, relax.const(bias[:16])))
+        return [y, yd]
+
+    (y, yd), mod = _build_run(params, body, [x, xd])
+    ref = ref_conv2d(x, w, 0, (1, 1), (0, 0, 0, 0), (1, 1), 1).astype(np.float32)
+    ref = ref * scale.reshape(1, 24, 1, 1) + bias.reshape(1, 24, 1, 1)
+    refd = ref_matmul(xd, wd).astype(np.float32) * scale[:16] + bias[:16]
+    np.testing.assert_array_equal(y, ref)
+    np.testing.assert_array_equal(yd, refd)
+    _assert_templated(mod, 2)
+
+
+def test_fence_products_wraps_only_products_feeding_float_adds():
+    a, b, c = (tirx.Var(n, "float32") for n in "abc")
+    i, j = tirx.Var("i", "int32"), tirx.Var("j", "int32")
+    fenced = fence_products(a * b + c)
+    assert isinstance(fenced, tirx.Add) and not isinstance(fenced.a, tirx.Mul)
+    assert "fp_fence" in str(fenced)
+    assert "fp_fence" in str(fence_products(c - a * b))
+    assert "fp_fence" not in str(fence_products(a * b * c))  # no add: nothing to contract
+    assert "fp_fence" not in str(fence_products(i * j + i))  # integers are exact anyway
+
+
+def test_elementwise_chain_is_inlined_and_exact():
+    """A requantize chain (divide, round, add, clip, cast) becomes one loop nest, same bits."""
+    rng = np.random.default_rng(3)
+    xf = (rng.normal(size=(3, 5, 37)) * 4).astype(np.float32)
+    params = [_tensor_var("x", xf.shape, "float32")]
+    body = lambda bb: [iops.emit_quantize(bb, params[0], 0.0371, 201, 0, 255, "uint8")]  # noqa: E731
+    (got,), mod = _build_run(params, body, [xf])
+    from tvm_mpq.quant_math import quantize
+
+    np.testing.assert_array_equal(got, quantize(xf, 0.0371, 201, 0, 255))
+    target = host_target().target
+    funcs = _fused_primfuncs(mod)
+    assert funcs and all(InlinedElementwise(LANES).apply(f, target, False) is not None for f in funcs)
