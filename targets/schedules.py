@@ -5,34 +5,48 @@ scalar loop nest, and every op of a fused PrimFunc (conv, zero-point subtract, c
 clip, requantize) is its own loop nest writing a full-size intermediate buffer. Three dlight rules,
 tried in this order (``rules()``):
 
-``TiledReduction`` -- conv2d (regular, pointwise, depthwise, grouped, strided), dense/matmul and
-    batched matmul, float or integer, with their fused epilogues:
-    - producers that only move data (an identity pad, a reshape, the int4 weight unpack) are
-      inlined into the reduction; the epilogue chain is inlined into one block;
-    - the output is computed in register tiles: ``bf`` rows of the *block* axis (an output axis
-      that the vector operand does not depend on: output channels of a conv, rows of a matmul) x
-      ``vi`` consecutive elements of the innermost output axis (pixels; columns), accumulated over
-      the whole reduction in registers (an unrolled ``bf`` loop, a vectorized ``vi`` loop). The
-      two innermost output axes of a 1x1 stride-1 conv are fused first (a vector then spans rows);
-    - the epilogue runs on the tile right after its reduction (``reverse_compute_at``), so the
-      accumulator never leaves the cache and no intermediate is written;
-    - outer loops are fused and parallelized; the reduction loops keep their order, so every output
-      element is summed in the same order as the unscheduled kernel (integer results are the same
-      bits; float results round like the unscheduled kernel, up to the FMA in the reduction, which
-      LLVM formed there before too).
+``TiledReduction`` -- conv2d (regular, pointwise, depthwise, grouped, strided), dense / matmul and
+batched matmul, float or integer, with their fused epilogues:
+
+- producers that only move data (an identity pad, a reshape, the int4 weight unpack) are inlined
+  into the reduction; a pad with borders stays a stage (split into a fill and an interior copy);
+  the epilogue chain is inlined into one block;
+- the output is computed in register tiles of ``bf`` x ``vi``: ``vi`` consecutive elements of the
+  *vector axis* (one or two AVX2 registers) times ``bf`` rows of the *block axis* (an output axis
+  the vector operand does not depend on), accumulated over the whole reduction in registers. The
+  vector axis is the innermost output axis (pixels, columns); where rows are too short for whole
+  vectors (7, 14, 28 pixels) it is the output channels instead, with the weights and the
+  accumulator transposed. Depthwise convs, which have no block axis, block output rows. A small
+  cost model (``_tile``) picks the tile;
+- operands read along the vector axis in another dimension, or with a stride (stride-2 convs),
+  are copied into a contiguous layout first; copies of weights are marked as layout rewrites, and
+  the pipeline (``SplitLayoutRewritePreproc`` + ``FoldConstant``) does them at compile time;
+- integer kernels with int32 accumulators and operands of at most 16 bits take the *pair path*
+  when their reduction has an even shared axis (input channels, K): both operands in int16 with
+  pairs of that axis innermost, and the inner step tensorized to ``vpmaddwd`` (targets/x86.py),
+  which does 16 exact multiply-adds per instruction -- twice LLVM's own widening multiply, and
+  without the shuffles narrow broadcasts cost;
+- the epilogue runs on the tile right after its reduction (``reverse_compute_at``), so the
+  accumulator never leaves the registers / L1 and no intermediate is written;
+- outer loops are fused and parallelized. The reduction loops keep their order (the pair path adds
+  adjacent pairs first; integer sums, exact either way), so float results are summed in the same
+  order as before.
+
 ``InlinedElementwise`` -- functions without a reduction: the chain is inlined into its last block,
-    which is then parallelized and vectorized (one pass over memory instead of one per op).
-``ParallelVectorize`` -- the floor for anything else: each block's leading spatial loops fused and
-    parallelized, the innermost spatial loop vectorized inside its reduction.
+which is then parallelized and vectorized (one pass over memory instead of one per op).
+``ParallelVectorize`` -- the floor for anything else (softmax, layer norm): each block's leading
+spatial loops fused and parallelized, the innermost spatial loop vectorized inside its reduction.
 
 Bit-exactness of fused epilogues. TVM's LLVM backend contracts ``a * b + c`` into an FMA
 (``AllowFPOpFusion = Fast``) whenever both ops end up in one expression. Unfused, the rescale
-``float(acc) * scale`` and the ``+ bias`` that follows were separate loop nests and rounded twice; the
-realized module, its simulation and the numpy reference all assume that. When blocks are inlined, the
-products that feed a float add/subtract are wrapped in ``tvm_mpq.fp_fence`` (lowered to LLVM's
-``llvm.arithmetic.fence``), which keeps the two roundings. Importing this module registers that op,
-and marks ``tirx.nearbyint`` vectorizable (it is elementwise; TVM only forgot the attribute, so loops
-containing ``round`` were scalarized).
+``float(acc) * scale`` and the ``+ bias`` that follows were separate loop nests and rounded twice;
+the realized module, its simulation and the numpy reference all assume that. When blocks are
+inlined, the products that feed a float add/subtract are wrapped in ``tvm_mpq.fp_fence`` (lowered to
+LLVM's ``llvm.arithmetic.fence``), which keeps the two roundings: realized MobileNetV2 modules come
+out bit-identical to those of the generic rule. Importing this module registers that op and marks
+``tirx.nearbyint`` vectorizable (it is elementwise; TVM only lacks the attribute, so loops containing
+``round`` were scalarized). ``TVM_MPQ_SCHEDULE_DEBUG=1`` makes the rules raise instead of falling back
+and print the tile each kernel gets.
 """
 
 from __future__ import annotations
@@ -495,10 +509,7 @@ class TiledReduction(CPUScheduleRule):
             if v != ns - 1:
                 # the epilogue of a transposed tile: vectorize over channels too (contiguous
                 # accumulator and per-channel parameters; the stores scatter)
-                cl = sch.get_loops(consumer)[1:]
-                cv = [l for l in cl if _loop_var_in(sch, l, consumer, v)]
-                if cv:
-                    sch.reorder(*[l for l in cl if not cv[0].same_as(l)], cv[0])
+                _channels_innermost(sch, consumer, sch.get(rblock).writes[0].source)
             self._vectorize_tile(sch, consumer)
         for blk in producers:
             _schedule_stage(sch, blk, self.vector_lanes)
@@ -654,10 +665,7 @@ class TiledReduction(CPUScheduleRule):
         init = sch.decompose_reduction(rblock, reduction[0])
         self._vectorize_tile(sch, init)
         if v != ns - 1:
-            cl = sch.get_loops(consumer)[1:]
-            cv = [l for l in cl if _loop_var_in(sch, l, consumer, v)]
-            if cv:
-                sch.reorder(*[l for l in cl if not cv[0].same_as(l)], cv[0])
+            _channels_innermost(sch, consumer, sch.get(rblock).writes[0].source)
         self._vectorize_tile(sch, consumer)
         sch.tensorize(v8, intrin)
         for stage in stages:
@@ -855,14 +863,20 @@ def _permute(perm: list[int]):
     return index_map
 
 
-def _loop_var_in(sch, loop, block_rv, axis: int) -> bool:
-    """Whether ``loop`` drives the block's ``axis``-th iteration variable."""
-    realize = sch.get_sref(block_rv)
-    del realize
-    binding = _block_bindings(sch, block_rv)
-    if axis >= len(binding):
-        return False
-    return sch.get(loop).loop_var in _vars(binding[axis])
+def _channels_innermost(sch, consumer, acc_buf) -> None:
+    """Make the consumer's loop over the accumulator's last (transposed: channel) axis innermost."""
+    blk = sch.get(consumer)
+    reg = next(r for r in blk.reads if r.source.same_as(acc_buf))
+    last = _vars(reg.region[-1].min)
+    bindings = _block_bindings(sch, consumer)
+    drivers = set()
+    for iv, bound in zip(blk.iter_vars, bindings):
+        if any(iv.var.same_as(x) for x in last):
+            drivers |= _vars(bound)
+    loops = sch.get_loops(consumer)[1:]
+    cv = [l for l in loops if any(sch.get(l).loop_var.same_as(x) for x in drivers)]
+    if len(cv) == 1:
+        sch.reorder(*[l for l in loops if not cv[0].same_as(l)], cv[0])
 
 
 def _block_bindings(sch, block_rv) -> list:
