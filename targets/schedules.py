@@ -59,7 +59,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.tirx.analysis import undefined_vars
 
-from .x86 import PMADDWD_BCAST_FIRST, PMADDWD_LANES, PMADDWD_VEC_FIRST
+from .x86 import PMADDWD_LANES, intrin_name
 
 __all__ = ["FP_FENCE_OP", "InlinedElementwise", "ParallelVectorize", "TiledReduction", "rules"]
 
@@ -220,6 +220,12 @@ def _is_data_movement(sch: s_tir.Schedule, block_rv) -> bool:
     return not _contains(store.value, bad)
 
 
+def _is_plain_copy(sch: s_tir.Schedule, block_rv) -> bool:
+    """The block stores a plain load (an identity pad, a reshape)."""
+    store = sch.get(block_rv).body
+    return isinstance(store, tirx.BufferStore) and isinstance(store.value, tvm.ir.TensorLoad)
+
+
 def _inline_chain(sch: s_tir.Schedule, blocks: list) -> list:
     """Inline what can be inlined among ``blocks`` (in order); return the blocks left.
 
@@ -369,6 +375,8 @@ class TiledReduction(CPUScheduleRule):
             vis = [v_ext]  # one odd-length vector (depthwise rows of 7, 14, 28 pixels)
         else:
             vis = [v for v in (4 * lanes, 2 * lanes, lanes) if v_ext % v == 0]
+        if pairs:
+            vis = [v for v in vis if v % PMADDWD_LANES == 0] or vis
         mac, bcast, vload = (2, 4, 2) if narrow else (1, 1, 0.5)
         if pairs:  # vpmaddwd on int16 pairs: broadcasts and vector loads are plain loads
             mac, bcast, vload = (2, 1, 1)
@@ -519,7 +527,7 @@ class TiledReduction(CPUScheduleRule):
 
     # -- the vpmaddwd path (int32 accumulators over int16 pairs; targets/x86.py)
     def _schedule_pairs(self, sch, infos, ridx) -> bool:
-        """Integer kernels with an int32 accumulator and operands of at most 16 bits: the
+        """Integer kernels with an int32 / int64 accumulator and operands of at most 16 bits: the
         reduction axis both operands share (input channels, K) is split into pairs, both operands
         are laid out with the pair innermost as int16 (weights at compile time, activations by a
         copy per call), and the inner step is one ``vpmaddwd`` per 8 outputs and 2 reduction
@@ -538,7 +546,8 @@ class TiledReduction(CPUScheduleRule):
             return False
         svars = [it.var for it in iters[:ns]]
         block = sch.get(rblock)
-        if len(block.writes) != 1 or str(block.writes[0].source.dtype) != "int32":
+        acc = str(block.writes[0].source.dtype) if len(block.writes) == 1 else ""
+        if acc not in ("int32", "int64"):
             return False
         out_buf = block.writes[0].source
         out_idx = [r.min for r in block.writes[0].region]
@@ -546,13 +555,14 @@ class TiledReduction(CPUScheduleRule):
         if len(out_dim) != ns or any(not out_idx[d].same_as(v) for d, v in zip(out_dim, svars)):
             return False
 
-        # Producers: pure data movement is inlined; a pad (or a centering cast) feeding the
-        # reduction becomes the operand's layout stage itself.
+        # Producers: pure data movement is inlined; a producer that computes the operand (a pad
+        # with borders, a centering cast, the int4 weight unpack) becomes its layout stage -- the
+        # int16 pair layout is then written once per call instead of recomputed per multiply-add.
         producers = []
         for b in reversed(infos[:ridx]):
             feeds = any(sch.get(c).same_as(block) for c in sch.get_consumers(b.block_rv))
-            writes16 = _dtype_bits(sch.get(b.block_rv).writes[0].source.dtype) == 16
-            if not (feeds and writes16) and _is_data_movement(sch, b.block_rv):
+            stage = feeds and not _is_plain_copy(sch, b.block_rv)
+            if not stage and _is_data_movement(sch, b.block_rv):
                 try:
                     sch.compute_inline(b.block_rv)
                     continue
@@ -631,13 +641,14 @@ class TiledReduction(CPUScheduleRule):
         _rewrite_block(sch, rblock, lambda e: _drop_widening_cast(e, stage_bufs))
         prod = sch.get(rblock).body.value.b
         first = _cast_of_load(prod.a).source
-        intrin = PMADDWD_VEC_FIRST if first.same_as(stage_bufs[0]) else PMADDWD_BCAST_FIRST
+        intrin = intrin_name(acc, vec_first=first.same_as(stage_bufs[0]))
 
         loops = sch.get_loops(rblock)
         spatial, reduction = list(loops[:ns]), list(loops[ns:])
         r2, t = sch.split(reduction[ri], [None, 2])
         reduction = reduction[:ri] + [r2] + reduction[ri + 1 :]
-        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, lanes, False, pairs=True)
+        acc_lanes = lanes * 32 // _dtype_bits(acc)
+        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, acc_lanes, False, pairs=True)
         if vi % PMADDWD_LANES:
             return False
         if _DEBUG:

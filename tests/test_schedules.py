@@ -128,8 +128,12 @@ PAIR_CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("bits,act", [(8, ("uint8", 37)), (8, ("int16", 0)), (16, ("uint8", 201))])
+@pytest.mark.parametrize(
+    "bits,act", [(8, ("uint8", 37)), (8, ("int16", 0)), (16, ("uint8", 201)), (4, ("uint8", 37)), (16, ("int16", 0))]
+)
 def test_conv2d_vpmaddwd_path_bit_exact(bits, act):
+    """... int4 weights (unpacked once per call into the pair layout) and w16a16 (int64
+    accumulators: the pair sums are widened before they are added) included."""
     act_dtype, zp = act
     rng = np.random.default_rng(bits * 31 + zp)
     cases = []
@@ -138,7 +142,7 @@ def test_conv2d_vpmaddwd_path_bit_exact(bits, act):
         w = _rand_weight(rng, (o, xshape[1] // groups, kh, kw), bits)
         cases.append((name, x, w, strides, padding, dilation, groups))
     params, prepared, body = _conv_module(cases, bits, act_dtype, zp)
-    assert {p[2] for p in prepared} == {"int32"}
+    assert {p[2] for p in prepared} == {"int64" if (bits, act_dtype) == (16, "int16") else "int32"}
     got, mod = _build_run(params, body, [c[1] for c in cases])
     for g, (name, x, w, strides, padding, dilation, groups), (_, _, acc, _) in zip(got, cases, prepared):
         ref = ref_conv2d(x, w, zp, strides, padding, dilation, groups)
