@@ -164,6 +164,18 @@ def test_canonicalize_folds_batch_norm_into_named_conv_weights():
     assert "bn_weight" not in out.params
 
 
+def test_canonicalize_flushes_subnormal_weights_to_zero():
+    """Dead channels with subnormal values make every multiply touching them slow; they go to 0."""
+    w = np.array([[1e-40, 0.5, -3e-39], [2.0, -1e-45, 0.0], [1.2e-38, 1.0, 1.0]], "float32")
+    fm = FloatModel(Dense, {"fc_weight": w.copy()}, 1)
+    out = canonicalize(fm)
+    got = out.params["fc_weight"]
+    np.testing.assert_array_equal(got, np.where(np.abs(w) < np.finfo(np.float32).tiny, 0.0, w).astype("float32"))
+    assert got[2, 0] == np.float32(1.2e-38)  # the smallest normal floats stay
+    assert got[0, 0] == 0 and got[0, 2] == 0 and got[1, 1] == 0
+    assert any("3 subnormal" in n for n in out.notes)
+
+
 @I.ir_module
 class SharedInput:
     """One activation (through a reshape) feeding two linears: one group, two consumers."""

@@ -1,8 +1,15 @@
-"""Canonicalize a float model before quantization: fold inference batch norm into conv weights.
+"""Canonicalize a float model before quantization: fold inference batch norm into conv weights,
+flush subnormal weights to zero.
 
 Quantizing a conv whose output is then rescaled per channel by batch norm would quantize the wrong
 weights; every PTQ flow folds BN first. TVM's FoldBatchnormToConv2D works on bound constants and
 loses the weights' names, so this fold works on named weight parameters and their numpy values.
+
+Subnormal floats (below 1.2e-38) in weights -- dead channels of a trained network, whose batch-norm
+statistics decayed into the subnormal range, and whose folded weights and biases follow them --
+make every multiply that touches them take a microcode assist: realized MobileNetV2 ran its
+960->320 projection in 13 ms instead of 0.9 ms, and the float module 36 ms instead of 22 ms. They
+are flushed to zero (a change below 1.2e-38 in absolute value, what DAZ hardware modes do anyway).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ def _value_of(expr, params) -> np.ndarray | None:
 
 def canonicalize(fm: FloatModel) -> FloatModel:
     """Fold batch norms, drop unused weights, and give every binding a unique name."""
-    fm = drop_unused_params(fold_batch_norm(fm))
+    fm = flush_subnormals(drop_unused_params(fold_batch_norm(fm)))
     func = uniquify_binding_names(fm.main)
     return FloatModel(with_main(fm.mod, func), fm.params, fm.num_inputs, fm.source, fm.notes)
 
@@ -111,6 +118,22 @@ def fold_batch_norm(fm: FloatModel) -> FloatModel:
     mod = relax.transform.DeadCodeElimination()(with_main(fm.mod, new_func))
     note = f"folded {len(replace)} batch norms into conv weights"
     return drop_unused_params(FloatModel(mod, params, fm.num_inputs, fm.source, fm.notes + [note]))
+
+
+def flush_subnormals(fm: FloatModel) -> FloatModel:
+    """Weights with their subnormal float values set to zero (see the module docstring)."""
+    params, flushed = {}, 0
+    for name, value in fm.params.items():
+        if value.dtype.kind == "f":
+            tiny = (value != 0) & (np.abs(value) < np.finfo(value.dtype).tiny)
+            if tiny.any():
+                value = np.where(tiny, np.zeros((), value.dtype), value)
+                flushed += int(tiny.sum())
+        params[name] = value
+    if not flushed:
+        return fm
+    note = f"flushed {flushed} subnormal weight values to zero"
+    return FloatModel(fm.mod, params, fm.num_inputs, fm.source, fm.notes + [note])
 
 
 def drop_unused_params(fm: FloatModel) -> FloatModel:
