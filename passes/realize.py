@@ -99,8 +99,14 @@ class RealizeQuantization:
                 acc_dtype = iops.accumulator_dtype(_act_max_abs(enc), np.abs(w2d).sum(1).max())
                 xq = self.quantized(args[0], enc)
                 const = _weight_const(w2d if wenc.bits == 4 else wq, wenc.bits)
+                as_float = (
+                    wenc.bits <= 8 and enc.bits <= 8
+                    and iops.float_conv_pays(wq.shape, int(call.attrs.groups))
+                    and iops.exact_in_float32(_act_max_abs(enc), np.abs(w2d).sum(1).max())
+                )  # fmt: skip
                 acc = iops.emit_conv2d(
-                    self.builder_, xq, const, call.attrs, int(enc.zero_point), wenc.bits, wq.shape, acc_dtype
+                    self.builder_, xq, const, call.attrs, int(enc.zero_point), wenc.bits, wq.shape, acc_dtype,
+                    float_weight=wq.astype(np.float32) if as_float else None,
                 )
                 shape = (1, o, 1, 1)
                 acc = iops.emit_zero_point_correction(self.builder_, acc, int(enc.zero_point), w2d.sum(1), shape, acc_dtype)

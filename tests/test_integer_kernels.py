@@ -197,8 +197,9 @@ def _weight_const(w_oihw: np.ndarray, bits: int):
     return relax.const(w_oihw.astype(dtype), dtype)
 
 
-def _run_conv_cases(cases, bits, act_dtype, zp, attrs_kind="relax"):
-    """cases: list of (name, x, w, strides, padding, dilation, groups). Returns [(name, got, ref, acc)]."""
+def _run_conv_cases(cases, bits, act_dtype, zp, attrs_kind="relax", as_float=False):
+    """cases: list of (name, x, w, strides, padding, dilation, groups). Returns [(name, got, ref, acc)].
+    ``as_float``: the exact-float32 form of the conv (emit_conv2d's ``float_weight``)."""
     params, prepared = [], []
     for j, (name, x, w, strides, padding, dilation, groups) in enumerate(cases):
         o = w.shape[0]
@@ -211,7 +212,8 @@ def _run_conv_cases(cases, bits, act_dtype, zp, attrs_kind="relax"):
     def body(bb):
         outs = []
         for xv, (_, w, w2d, acc, attrs) in zip(params, prepared):
-            y = iops.emit_conv2d(bb, xv, _weight_const(w, bits), attrs, zp, bits, w.shape, acc)
+            fw = w.astype("float32") if as_float else None
+            y = iops.emit_conv2d(bb, xv, _weight_const(w, bits), attrs, zp, bits, w.shape, acc, float_weight=fw)
             y = iops.emit_zero_point_correction(bb, y, zp, w2d.sum(1), (1, w.shape[0], 1, 1), acc)
             outs.append(y)
         return outs
@@ -236,6 +238,32 @@ def test_conv2d_bit_exact(bits, act):
         cases.append((name, x, w, strides, padding, dilation, groups))
     for name, got, ref, acc in _run_conv_cases(cases, bits, act_dtype, zp):
         _assert_exact(got, ref, acc, f"conv2d {name} w{bits} {act}")
+
+
+@pytest.mark.parametrize("act", ["u8zp37", "u8zp201"])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_conv2d_exact_float_path_bit_exact(bits, act):
+    """The float32 form realize.py picks for odd-channel stems: every case (padding with the zero
+    point, strides, groups, dilation) equals the numpy int64 reference, since all partial sums are
+    integers below 2**24."""
+    act_dtype, zp = ACTS[act]
+    rng = np.random.default_rng(77 * bits + zp)
+    cases = []
+    for name, xshape, o, (kh, kw), strides, padding, dilation, groups in CONV_CASES:
+        x = _rand_act(rng, xshape, act_dtype)
+        w = _rand_weight(rng, (o, xshape[1] // groups, kh, kw), bits)
+        assert iops.exact_in_float32(255, int(np.abs(w.reshape(o, -1)).sum(1).max()))
+        cases.append((name, x, w, strides, padding, dilation, groups))
+    for name, got, ref, acc in _run_conv_cases(cases, bits, act_dtype, zp, as_float=True):
+        _assert_exact(got, ref, acc, f"conv2d (exact float) {name} w{bits} {act}")
+
+
+def test_exact_in_float32_bound():
+    assert iops.exact_in_float32(255, 65793)  # 255 * 65793 = 2**24 - 1
+    assert not iops.exact_in_float32(255, 65794)
+    assert iops.float_conv_pays((32, 3, 3, 3), groups=1)  # an RGB stem
+    assert not iops.float_conv_pays((32, 1, 3, 3), groups=32)  # depthwise: integer
+    assert not iops.float_conv_pays((32, 16, 1, 1), groups=1)  # even: the vpmaddwd pair kernels
 
 
 def test_conv2d_accepts_plain_attrs_namespace():
