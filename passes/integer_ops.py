@@ -18,6 +18,8 @@ import numpy as np
 import tvm
 from tvm import relax, te, topi
 
+from tvm_mpq.quant_math import inverse_scale
+
 INT32_MAX = 2**31 - 1
 
 
@@ -47,8 +49,8 @@ def float_conv_pays(weight_shape, groups: int) -> bool:
 
 
 def emit_quantize(bb, x, scale: float, zero_point: int, qmin: int, qmax: int, dtype: str):
-    """``clip(round(x / scale) + zp, qmin, qmax)`` cast to ``dtype`` (quant_math.quantize)."""
-    q = relax.op.round(relax.op.divide(x, relax.const(np.float32(scale), "float32")))
+    """``clip(round(x * inverse_scale) + zp, qmin, qmax)`` cast to ``dtype`` (quant_math.quantize)."""
+    q = relax.op.round(relax.op.multiply(x, relax.const(inverse_scale(scale), "float32")))
     if zero_point:
         q = relax.op.add(q, relax.const(np.float32(zero_point), "float32"))
     q = relax.op.clip(q, int(qmin), int(qmax))

@@ -8,7 +8,8 @@ make the same rounding decisions layer after layer (fake quant on dequantized va
 by float rounding and, through 50 requantizations, diverge).
 
 Runtime inputs appended to ``main`` (one compiled module serves every configuration):
-- ``"<group>.qparams"``: float32[5] = ``[scale, zero_point, qmin, qmax, enabled]``;
+- ``"<group>.qparams"``: float32[5] = ``[inverse_scale, zero_point, qmin, qmax, enabled]``
+  (``inverse_scale = float32(1) / scale``: quantization multiplies, see tvm_mpq.quant_math);
   ``enabled = 0`` passes the float activation through exactly (a select, not arithmetic);
 - ``"<op>.output_scale"``: float32, broadcastable to the op's output channels (ones when float).
 Weights stay the model's weight parameters; the caller feeds integers or floats per configuration.
@@ -22,7 +23,7 @@ from tvm import relax
 from tvm_mpq.relax_utils import with_main
 
 #: Layout of a group's runtime parameter vector.
-QPARAM_FIELDS = ("scale", "zero_point", "qmin", "qmax", "enabled")
+QPARAM_FIELDS = ("inverse_scale", "zero_point", "qmin", "qmax", "enabled")
 
 
 def output_scale_shape(op, out_ty) -> tuple[int, ...]:
@@ -36,13 +37,13 @@ def output_scale_shape(op, out_ty) -> tuple[int, ...]:
 
 
 def emit_centered_fake_quantize(bb: relax.BlockBuilder, x: relax.Expr, qp: relax.Expr) -> relax.Var:
-    """``where(enabled, clip(round(x / s) + zp, qmin, qmax) - zp, x)`` from the qp fields."""
+    """``where(enabled, clip(round(x * inv_s) + zp, qmin, qmax) - zp, x)`` from the qp fields."""
 
     def field_(i):
         return bb.emit(relax.op.strided_slice(qp, axes=[0], begin=[i], end=[i + 1]))
 
-    s, zp, lo, hi, en = (field_(i) for i in range(len(QPARAM_FIELDS)))
-    q = bb.emit(relax.op.add(relax.op.round(relax.op.divide(x, s)), zp))
+    inv_s, zp, lo, hi, en = (field_(i) for i in range(len(QPARAM_FIELDS)))
+    q = bb.emit(relax.op.add(relax.op.round(relax.op.multiply(x, inv_s)), zp))
     q = bb.emit(relax.op.subtract(relax.op.minimum(relax.op.maximum(q, lo), hi), zp))
     on = bb.emit(relax.op.greater(en, relax.const(0.5, "float32")))
     return bb.emit(relax.op.where(on, q, x))

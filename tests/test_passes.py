@@ -65,7 +65,7 @@ def test_simulate_quantization():
                 lo = R.strided_slice(fc_qparams, axes=[0], begin=[2], end=[3])
                 hi = R.strided_slice(fc_qparams, axes=[0], begin=[3], end=[4])
                 en = R.strided_slice(fc_qparams, axes=[0], begin=[4], end=[5])
-                q = R.add(R.round(R.divide(x, s)), zp)
+                q = R.add(R.round(R.multiply(x, s)), zp)
                 centered = R.subtract(R.minimum(R.maximum(q, lo), hi), zp)
                 on = R.greater(en, R.const(0.5, "float32"))
                 xq = R.where(on, centered, x)
@@ -92,7 +92,7 @@ def test_realize_quantization_dense_w8a8():
             R.func_attr({"num_input": 1})
             with R.dataflow():
                 w_t = R.permute_dims(fc_weight, axes=[1, 0])
-                q = R.add(R.round(R.divide(x, R.const(0.5, "float32"))), R.const(3.0, "float32"))
+                q = R.add(R.round(R.multiply(x, R.const(2.0, "float32"))), R.const(3.0, "float32"))
                 xq = R.astype(R.clip(q, 0, 255), "uint8")
                 acc = R.matmul(
                     xq,

@@ -31,13 +31,18 @@ def test_quantize_scale_zero_point_and_clip():
     np.testing.assert_array_equal(quantize(x, 0.5, 0, -7, 7), [0, 0, 0, 2, 7, -7])
 
 
-def test_quantize_divides_in_float32():
-    # The TVM side divides float32 by a float32 scale; numpy must do the same, not float64.
+def test_quantize_multiplies_by_the_float32_inverse_scale():
+    # The TVM side multiplies float32 by float32(1) / float32(scale); numpy must do the same, not
+    # float64 and not a division (which differs near rounding ties).
     rng = np.random.default_rng(1)
     x = rng.normal(size=1000)
     s = 0.0123
-    ref = np.clip(np.rint(x.astype(np.float32) / np.float32(s)), -127, 127).astype(np.int32)
+    inv = np.float32(1) / np.float32(s)
+    assert inv.dtype == np.float32
+    ref = np.clip(np.rint(x.astype(np.float32) * inv), -127, 127).astype(np.int32)
     np.testing.assert_array_equal(quantize(x, s, 0, -127, 127), ref)
+    # and it is a quantizer: within one step of the exact quotient everywhere
+    assert np.abs(quantize(x, s, 0, -10**6, 10**6) - x / s).max() <= 0.5 + 1e-3
 
 
 def test_quantize_per_channel_axis():

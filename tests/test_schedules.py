@@ -345,7 +345,7 @@ def test_fence_products_wraps_only_products_feeding_float_adds():
 
 
 def test_elementwise_chain_is_inlined_and_exact():
-    """A requantize chain (divide, round, add, clip, cast) becomes one loop nest, same bits."""
+    """A requantize chain (multiply, round, add, clip, cast) becomes one loop nest, same bits."""
     rng = np.random.default_rng(3)
     xf = (rng.normal(size=(3, 5, 37)) * 4).astype(np.float32)
     params = [_tensor_var("x", xf.shape, "float32")]

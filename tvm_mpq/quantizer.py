@@ -29,6 +29,7 @@ from .errors import CalibrationError
 from .frontend import FloatModel, import_model
 from .graph import QuantGraph, analyze
 from .plan import OpQuant, output_scale
+from .quant_math import inverse_scale
 from .relax_utils import with_main
 
 _METHODS = ("mse", "minmax")
@@ -269,7 +270,7 @@ class Quantizer:
                 vec = [1.0, 0.0, 0.0, 0.0, 0.0]
             else:
                 e = self.activation_encoding(g.name, c.activation_bits)
-                vec = [e.scale, float(e.zero_point), float(e.qmin), float(e.qmax), 1.0]
+                vec = [inverse_scale(e.scale), float(e.zero_point), float(e.qmin), float(e.qmax), 1.0]
             assert len(vec) == len(QPARAM_FIELDS)
             args.append(tvm.runtime.tensor(np.asarray(vec, dtype=np.float32)))
         out_ty = {b.var.name: b.var.ty for blk in self.float_model.main.body.blocks for b in blk.bindings}
