@@ -57,6 +57,21 @@ def emit_quantize(bb, x, scale: float, zero_point: int, qmin: int, qmax: int, dt
     return bb.emit(relax.op.astype(q, dtype))
 
 
+def clamp_bounds_through_quantize(lo: float, hi: float, scale: float, zero_point: int, qmin: int, qmax: int):
+    """The integer bounds ``(a, b)`` with ``quantize(clip(x, lo, hi)) == clip(g(x), a, b)`` for every
+    x, where ``g(x) = rint(x * inverse_scale) + zp`` is what ``emit_quantize`` computes before its
+    clip: ``g`` is non-decreasing, so ``g(clip(x, lo, hi)) = clip(g(x), g(lo), g(hi))`` exactly, and
+    the two clips merge. A ReLU / ReLU6 before a requantize then costs nothing. None when the
+    ranges do not overlap (nothing to gain; the caller keeps both clips)."""
+    inv = inverse_scale(scale)
+    with np.errstate(over="ignore", invalid="ignore"):
+        g = [np.rint(np.float32(v) * inv) + np.float32(zero_point) for v in (lo, hi)]
+    a, b = max(float(qmin), float(g[0])), min(float(qmax), float(g[1]))
+    if not (np.isfinite(a) and np.isfinite(b)) or a > b:
+        return None
+    return int(a), int(b)
+
+
 def emit_centered(bb, xq, zero_point: int):
     """``int16(xq) - zp``: the exact signed value of an activation (for activation x activation)."""
     x16 = relax.op.astype(xq, "int16")

@@ -41,6 +41,26 @@ def _weight_const(q2d: np.ndarray, bits: int):
     return relax.const(q2d.astype(dtype), dtype)
 
 
+def _clamp_of(value):
+    """``(x, lo, hi)`` when ``value`` is ``clip(x, lo, hi)`` or ``relu(x)`` of a float32 tensor, else None."""
+    if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
+        return None
+    x = value.args[0]
+    if str(getattr(x.ty, "dtype", "")) != "float32":
+        return None
+    if value.op.name == "relax.nn.relu":
+        return x, 0.0, float("inf")
+    if value.op.name == "relax.clip":
+        bounds = []
+        for a in value.args[1:3]:
+            v = a if isinstance(a, (tvm.tirx.IntImm, tvm.tirx.FloatImm)) else getattr(a, "value", None)
+            if not isinstance(v, (tvm.tirx.IntImm, tvm.tirx.FloatImm)):
+                return None
+            bounds.append(float(v.value))
+        return x, bounds[0], bounds[1]
+    return None
+
+
 @tvm.transform.module_pass(opt_level=0, name="RealizeQuantization")
 class RealizeQuantization:
     """Realize ``plan`` (op name -> tvm_mpq.plan.OpQuant) over the ops of ``graph``.
@@ -68,8 +88,16 @@ class RealizeQuantization:
             def quantized(self, x, enc):
                 key = (x, enc)
                 if key not in self.memo:
+                    src, qmin, qmax = x, enc.qmin, enc.qmax
+                    clamp = _clamp_of(self.lookup_binding(x)) if isinstance(x, relax.Var) else None
+                    if clamp is not None:
+                        bounds = iops.clamp_bounds_through_quantize(
+                            clamp[1], clamp[2], enc.scale, int(enc.zero_point), qmin, qmax
+                        )
+                        if bounds is not None:  # the ReLU / clip merges into the quantize's clip
+                            src, (qmin, qmax) = clamp[0], bounds
                     self.memo[key] = iops.emit_quantize(
-                        self.builder_, x, enc.scale, int(enc.zero_point), enc.qmin, enc.qmax, _act_dtype(enc)
+                        self.builder_, src, enc.scale, int(enc.zero_point), qmin, qmax, _act_dtype(enc)
                     )
                 return self.memo[key]
 

@@ -544,6 +544,28 @@ def test_emit_quantize_matches_quant_math():
     np.testing.assert_array_equal(quantize(half, s, 0, -127, 127), [0, 2, 2, 0, -2, -2])
 
 
+@pytest.mark.parametrize("lo,hi", [(0.0, 6.0), (0.0, float("inf")), (-1.5, 0.7), (100.0, 200.0)])
+@pytest.mark.parametrize("scale,zp,qmin,qmax", [(6.0 / 255, 0, 0, 255), (0.0371, 201, 0, 255), (0.25, 37, 0, 255),
+                                                (2.0**-8, 0, -32767, 32767), (0.001234, 0, -32767, 32767)])
+def test_clip_merges_into_quantize_exactly(lo, hi, scale, zp, qmin, qmax):
+    """quantize(clip(x, lo, hi)) == clip(g(x), a, b) for every x (g monotone), checked on dense
+    inputs around both bounds, rounding ties and far outside the range."""
+    rng = np.random.default_rng(5)
+    bounds = iops.clamp_bounds_through_quantize(lo, hi, scale, zp, qmin, qmax)
+    x = np.concatenate([
+        rng.uniform(-300, 300, 20000), rng.normal(0, 1, 20000),
+        np.arange(-2000, 2000) * np.float32(scale) / 2,  # every half step: the ties
+        [lo, hi if np.isfinite(hi) else 1e30, np.nextafter(np.float32(lo), np.float32(-1)), 1e30, -1e30, 0.0, -0.0],
+    ]).astype(np.float32)
+    ref = quantize(np.clip(x, np.float32(lo), np.float32(hi)), scale, zp, qmin, qmax)
+    if bounds is None:  # disjoint ranges: the caller keeps both clips
+        return
+    a, b = bounds
+    with np.errstate(over="ignore"):
+        g = np.rint(x * (np.float32(1) / np.float32(scale))) + np.float32(zp)  # what emit_quantize computes
+    np.testing.assert_array_equal(np.clip(g, a, b).astype(np.int32), ref)
+
+
 def test_emit_quantize_ties_round_half_to_even_in_tvm():
     """Hand-checked ties through the compiled kernel (not only agreement with numpy)."""
     x = np.array([0.5, 1.5, 2.5, 3.5, -0.5, -1.5, -2.5, -3.5, 126.5, 127.5, -127.5, 1000.0], dtype=np.float32)
