@@ -387,7 +387,11 @@ class TiledReduction(CPUScheduleRule):
                 options.append((1.0, vi, 1))
                 continue
             bmax = max(1, min(self.max_block, (self.registers - 1 - regs) // regs, b_ext))
-            for bf in range(1, bmax + 1):
+            # A block axis that fits whole in the registers left without a spare one for the
+            # broadcast (7 pixels x 2 registers: LLVM reloads the broadcast instead) beats a
+            # ragged block: 160->960 @7x7 fp32 0.40 -> 0.29 ms, 960->320 0.83 -> 0.60 ms.
+            whole = b_ext if b_ext <= self.max_block and b_ext * regs <= self.registers - regs else 0
+            for bf in sorted(set(range(1, bmax + 1)) | ({whole} if whole else set())):
                 if pairs and b_ext % bf:
                     continue  # tensorize does not take the predicate of a ragged tile
                 useful = bf * vi * b_ext / (-(-b_ext // bf) * bf)
