@@ -44,6 +44,7 @@ from tvm_mpq import (  # noqa: E402
 )
 from tvm_mpq.calibration import sqnr_db  # noqa: E402
 from tvm_mpq.frontend import import_model  # noqa: E402
+from small_models import Small  # noqa: E402
 
 CANDIDATES = ("w16a16", "w8a16", "w8a8", "w4a8", "float")
 #: Simulated vs realized outputs: they run the same integer arithmetic, so this is typically +inf.
@@ -115,18 +116,6 @@ class AttentionNet(torch.nn.Module):
 
     def forward(self, x):
         return self.head(self.attn(x))
-
-
-class Small(torch.nn.Module):
-    """conv + ReLU + flatten + Linear: the model of the input-kind tests."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 3)
-        self.fc = torch.nn.Linear(4 * 7 * 7, 5)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
 class WithTransposedConv(torch.nn.Module):

@@ -21,6 +21,7 @@ from tvm import relax  # noqa: E402
 
 import tvm_mpq  # noqa: E402
 from tvm_mpq.native import NativeRunnerError, parse_output, run_benchmark, runner_env, runner_path  # noqa: E402
+from small_models import Small  # noqa: E402
 
 TIMEOUT = 300
 
@@ -28,18 +29,6 @@ try:
     runner_path()
 except FileNotFoundError as e:  # pip install builds it; only a machine without a C++ compiler lacks it
     pytest.skip(str(e), allow_module_level=True)
-
-
-class Small(torch.nn.Module):
-    """conv + ReLU + flatten + Linear (two quantizer groups: conv, fc)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 4, 3)
-        self.fc = torch.nn.Linear(4 * 7 * 7, 5)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
 def _vm_out(out) -> np.ndarray:
