@@ -19,7 +19,7 @@ from tvm import relax
 
 from tvm_mpq.passes.realize import RealizeQuantization
 from tvm_mpq.passes.simulate import QPARAM_FIELDS, SimulateQuantization, output_scale_shape
-from tvm_mpq.targets import host_target, parse_target
+from tvm_mpq.targets import host_target, parse_target, tuning
 from tvm_mpq.targets.pipeline import build
 
 from .calibration import ActivationObserver, Encoding, weight_encoding
@@ -292,15 +292,33 @@ class Quantizer:
         return [np.concatenate(parts) for parts in zip(*outs)]
 
     # ----------------------------------------------------------------- realization
-    def realize(self, config=None):
-        """Compile ``config`` into a module with real integer kernels for the target."""
+    def realize(self, config=None, tune=False, tuning_dir=None):
+        """Compile ``config`` into a module with real integer kernels for the target.
+
+        ``tune``: False (default: template schedules), True or a number of trials per kernel, or a
+        dict of ``tvm_mpq.targets.tuning.tune_module`` options -- tune the module's kernels with
+        MetaSchedule first, recording into ``tuning_dir`` (default: a per-target folder under
+        ``~/.cache/tvm_mpq/tuning``); kernels already tuned there are not tuned again. A
+        ``tuning_dir`` without ``tune`` applies that database's kernels and tunes nothing. The
+        result's ``.tuning`` says what was tuned (None without tuning)."""
         from .result import QuantizedModule
 
         config = self.config(config)
+        tune_opts = tuning.tune_options(tune)
+        if tune_opts is not None:
+            tuning.check_tunable_here(self.target)
+        elif tuning_dir is not None:
+            tuning.check_database(tuning_dir)
         t0 = time.perf_counter()
         realize = RealizeQuantization(self.graph, self.plan(config))
         mod = realize(self.float_model.mod)
         mod = self._bind_float(mod)
-        exe = build_relax_module(mod, self.target)
+        summary = None
+        if tune_opts is not None:
+            summary = tuning.tune_module(mod, self.target, tuning_dir=tuning_dir, progress=self.progress, **tune_opts)
+            tuning_dir = summary.tuning_dir
+        exe = build(mod, self.target, tuning_dir=tuning_dir)
         compile_s = time.perf_counter() - t0
-        return QuantizedModule(self, config, exe, mod, list(realize.report), compile_s)
+        module = QuantizedModule(self, config, exe, mod, list(realize.report), compile_s)
+        module.tuning = summary
+        return module
