@@ -679,7 +679,7 @@ class TiledReduction(CPUScheduleRule):
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
         for l in inner:
             sch.unroll(l)
-        for l, e in zip(reduction, [e for i, e in enumerate(ext[ns:]) if i != ri]):
+        for l, e in zip(reduction, [e // 2 if i == ri else e for i, e in enumerate(ext[ns:])]):  # r2: the pairs
             if e <= 3 and len(reduction) > 1:
                 sch.unroll(l)
         init = sch.decompose_reduction(rblock, reduction[0])
