@@ -56,6 +56,9 @@ def compile(  # noqa: A001 - the name users asked for, like tvm.compile
     device=None,
     latency_cache=None,
     latency_model=None,
+    order: str = "sensitivity",
+    tune=False,
+    tuning_dir=None,
 ) -> QuantizedModule:
     """Quantize ``model`` per ``config`` (or a searched one) and compile it for ``target``.
 
@@ -74,6 +77,16 @@ def compile(  # noqa: A001 - the name users asked for, like tvm.compile
         timed on ``device``: this machine, or a ``tvm_mpq.RPCDevice``), "predicted" (an XGBoost
         model, ``latency_model``, or one trained on a measured sample); ``latency_budget_ms`` is
         the budget in milliseconds; ``latency_cache`` a JSON path that keeps measurements.
+    order: the search's flip order -- "sensitivity" (the paper's, default) or "noise_per_cost"
+        (output noise added per unit of cost saved, per ms with a latency cost: flips that save no
+        time are left off the curve).
+    tune: False (default: template schedules, nothing tuned), True (32 trials per kernel) or a number
+        of trials per kernel -- tune the final module's kernels with MetaSchedule (a few seconds
+        per trial) and use each tuned kernel that measured faster than its template schedule.
+        ``tuning_dir``: the persistent tuning database (default: a per-target folder under
+        ``~/.cache/tvm_mpq/tuning``); kernels tuned there before are not tuned again. A
+        ``tuning_dir`` without ``tune`` applies that database and tunes nothing. See
+        ``module.tuning``.
     """
     searching = {
         "candidates": candidates is not None, "eval_fn": eval_fn is not None,
@@ -82,18 +95,22 @@ def compile(  # noqa: A001 - the name users asked for, like tvm.compile
         "results_dir": results_dir is not None, "clean_start": bool(clean_start),
         "cost": cost is not None, "latency_budget_ms": latency_budget_ms is not None,
         "device": device is not None, "latency_cache": latency_cache is not None,
-        "latency_model": latency_model is not None,
+        "latency_model": latency_model is not None, "order": order != "sensitivity",
     }
     if config is not None and any(searching.values()):
         raise ConfigError(
             f"search options ({', '.join(k for k, v in searching.items() if v)}) apply only when "
             f"config is None (then the search chooses the configuration); drop them or the config"
         )
+    from .targets import parse_target, tuning
+
+    if tuning.tune_options(tune) is not None:  # a bad value fails now, not after calibration and search
+        tuning.check_tunable_here(parse_target(target))
     # The calibration iterable may be a one-shot generator: read it once, for calibration and search.
     batches = None if calibration is None else list(calibration)
     quantizer = Quantizer(model, target, batches, example_inputs, method=method, progress=progress)
     if config is not None:
-        module = quantizer.realize(config)
+        module = quantizer.realize(config, tune=tune, tuning_dir=tuning_dir)
         module.search = None
         module.report = Report.from_module(module)
         return module
@@ -102,11 +119,11 @@ def compile(  # noqa: A001 - the name users asked for, like tvm.compile
         allowed_accuracy_drop=allowed_accuracy_drop, sqnr_floor_db=sqnr_floor_db, cost_budget=cost_budget,
         search=search, reverse=reverse, results_dir=results_dir, clean_start=clean_start, progress=progress,
         cost=cost, latency_budget_ms=latency_budget_ms, device=device, latency_cache=latency_cache,
-        latency_model=latency_model,
+        latency_model=latency_model, order=order,
     )
     if not result.feasible:
         raise InfeasibleBudgetError(result.message)
-    module = quantizer.realize(result.config)
+    module = quantizer.realize(result.config, tune=tune, tuning_dir=tuning_dir)
     module.search = result
     module.report = Report.from_module(module)
     return module

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .pareto import ORDERS
+
 PROG = "tvm-mpq"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 MODEL_EXTENSIONS = (".onnx", ".pt2")
@@ -30,7 +32,11 @@ Steps: import MODEL -> calibrate on unlabeled data -> phase 1: measure how much 
 hurts the output when quantized alone -> phase 2: pick the cheapest configuration on the Pareto
 curve that keeps the output SQNR (vs the float model, on the calibration data) above a floor or
 the cost within a budget -> compile it for --target -> write the files below. Give --config to
-skip the search and realize a configuration you already have."""
+skip the search and realize a configuration you already have.
+
+The cost is relative bit operations (BOPs, the paper's) unless --cost measured / predicted prices
+every configuration by the latency of its real kernels on this machine, in milliseconds (every op
+x candidate timed once, cached in --latency-cache; or predicted by a saved --latency-model)."""
 
 EPILOG = """\
 example:
@@ -41,13 +47,19 @@ example:
   "model.pt2"), then run tvm-mpq model.pt2 ... . Realize uniform w8a8 without a search:
   tvm-mpq model.onnx --calib-npz calib.npz --config w8a8 --out ./out
 
+  Within 80 ms on this machine, the flips that save the most time per noise added first:
+  tvm-mpq model.onnx --calib-images ./calib --out ./out --sqnr-floor 25 \\
+      --cost measured --latency-budget-ms 80 --order noise_per_cost
+
 files written to OUT:
   model.so          the compiled module: tvm.runtime.load_module("OUT/model.so"), then
                     tvm.relax.VirtualMachine(lib, tvm.cpu())["main"](input)
   config.json       the configuration (group -> candidate): edit it and pass it back with --config
   report.json       sensitivity table, Pareto curve, chosen point, budget, timings, per-layer table
   sensitivity.png   phase-1 SQNR per group and candidate (when a search ran)
-  pareto.png        cost vs score of the evaluated curve points, target, chosen point (search only)
+  pareto.png        score vs relative BOPs (and vs ms with a latency cost) of the evaluated curve
+                    points, target, chosen point (search only)
+  latency-cache.json  the per-op latency measurements (--cost measured/predicted; --latency-cache)
   cache/            the resumable search cache (--results-dir): rerun after a crash or Ctrl-C to
                     continue; --clean-start to discard it
   The plain-text report is printed at the end. When the budget cannot be met, only the report and
@@ -188,6 +200,26 @@ def build_parser() -> argparse.ArgumentParser:
                       help="resumable cache of phase-1 scores and evaluated points (default OUT/cache)")
     srch.add_argument("--clean-start", action="store_true", default=None,
                       help="discard the cache in --results-dir and recompute everything")
+    srch.add_argument("--order", choices=ORDERS, default=None,
+                      help="flip order of the Pareto curve: sensitivity (default, the paper's: least "
+                           "sensitive group first, whatever it saves) or noise_per_cost (output noise added "
+                           "per unit of cost saved -- per ms with a latency cost; flips that save nothing, "
+                           "e.g. integer kernels slower than the ones they replace, are left off the curve)")
+
+    lat = ap.add_argument_group("latency cost (default: relative BOPs, blind to the hardware)")
+    lat.add_argument("--cost", choices=("bops", "measured", "predicted"), default=None,
+                     help="what the search trades accuracy against: bops (default), measured (every op x "
+                          "candidate compiled and timed on this machine: minutes, cached), predicted (an "
+                          "XGBoost latency model: --latency-model, or one trained on a measured sample)")
+    lat.add_argument("--latency-budget-ms", metavar="MS", type=_positive_float, default=None,
+                     help="cost budget in milliseconds (implies --cost measured unless --cost predicted); "
+                          "alone, the first curve point within it is taken; with --sqnr-floor both must hold")
+    lat.add_argument("--latency-cache", metavar="FILE.json", default=None,
+                     help="JSON file of per-op latency measurements, reused and extended (default "
+                          "OUT/latency-cache.json); a killed run resumes from it")
+    lat.add_argument("--latency-model", metavar="MODEL.json", default=None,
+                     help="a saved latency model (tvm_mpq.latency_model.LatencyModel.save) for this target: "
+                          "predicts every op, measures nothing (implies --cost predicted)")
     ap.add_argument("--config", metavar="CONFIG.json|CANDIDATE", default=None,
                     help="skip the search: realize this configuration (a config.json written by an earlier "
                          "run, edited or not) or one candidate for every group, e.g. w8a8")
@@ -197,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 _SEARCH_FLAGS = {"sqnr_floor": "--sqnr-floor", "bops_budget": "--bops-budget", "search": "--search",
                  "reverse": "--reverse", "candidates": "--candidates", "results_dir": "--results-dir",
-                 "clean_start": "--clean-start"}
+                 "clean_start": "--clean-start", "order": "--order", "cost": "--cost",
+                 "latency_budget_ms": "--latency-budget-ms", "latency_cache": "--latency-cache",
+                 "latency_model": "--latency-model"}
 
 
 # ------------------------------------------------------------------------------------- the model
@@ -393,7 +427,9 @@ def _error(msg: str) -> int:
 
 #: The library's keyword names as this command's options, for messages that name them.
 _KWARG_FLAGS = (("clean_start=True", "--clean-start"), ("results_dir", "--results-dir"),
-                ("sqnr_floor_db", "--sqnr-floor"), ("cost_budget", "--bops-budget"))
+                ("sqnr_floor_db", "--sqnr-floor"), ("cost_budget", "--bops-budget"),
+                ("latency_budget_ms", "--latency-budget-ms"),
+                ("cost='measured' or 'predicted'", "--cost measured or predicted"))
 
 
 def _as_flags(msg: str) -> str:
@@ -444,6 +480,7 @@ def _run(args) -> int:
             raise CliError("--candidates is empty: give e.g. w16a16,w8a16,w8a8,w4a8")
     if args.config is not None and args.config.lower().endswith(".json") and not Path(args.config).is_file():
         raise CliError(f"--config: configuration file {args.config} does not exist")
+    cost = _latency_options(args)
 
     progress = not args.quiet
     target = parse_target(args.target)  # a bad target fails here, before the slow steps
@@ -473,6 +510,9 @@ def _run(args) -> int:
             quantizer, candidates=candidates, calibration_inputs=batches, sqnr_floor_db=args.sqnr_floor,
             cost_budget=args.bops_budget, search=args.search or "binary", reverse=bool(args.reverse),
             results_dir=results_dir, clean_start=bool(args.clean_start), progress=progress,
+            order=args.order or "sensitivity", cost=cost, latency_budget_ms=args.latency_budget_ms,
+            latency_cache=None if cost in (None, "bops") else str(args.latency_cache or out / "latency-cache.json"),
+            latency_model=args.latency_model,
         )
         uniform = uniform_reference(quantizer, result, batches, candidates)
         if not result.feasible:
@@ -494,6 +534,37 @@ def _run(args) -> int:
     print(report.text())
     print(f"\nwrote {', '.join(str(p) for p in written)}")
     return 0
+
+
+def _latency_options(args) -> str | None:
+    """Check the latency-cost flags together (before any slow step); return the cost to search with."""
+    cost = args.cost
+    if args.latency_model is not None:
+        if cost in ("bops", "measured"):
+            raise CliError(f"--latency-model is a predicted latency; --cost {cost} does not use it: "
+                           f"drop --latency-model or use --cost predicted")
+        if not Path(args.latency_model).is_file():
+            raise CliError(f"--latency-model: file {args.latency_model} does not exist (save one with "
+                           f"tvm_mpq.latency_model.LatencyModel.save)")
+        cost = "predicted"
+    if args.latency_budget_ms is not None:
+        if cost == "bops":
+            raise CliError("--latency-budget-ms needs a latency cost: --cost measured or predicted "
+                           "(or --bops-budget for a BOPs budget)")
+        if args.bops_budget is not None:
+            raise CliError("give --bops-budget or --latency-budget-ms, not both")
+        cost = cost or "measured"
+    elif args.bops_budget is not None and cost in ("measured", "predicted"):
+        raise CliError(f"--bops-budget is a budget in relative BOPs but --cost {cost} prices configurations "
+                       f"in ms: give --latency-budget-ms, or drop --cost")
+    if args.latency_cache is not None:
+        if cost in (None, "bops"):
+            raise CliError("--latency-cache keeps latency measurements: it needs --cost measured or predicted "
+                           "(or --latency-budget-ms)")
+        p = Path(args.latency_cache)
+        if p.exists() and not p.is_file():
+            raise CliError(f"--latency-cache {p} exists and is not a file")
+    return cost
 
 
 def _save(report, out: Path) -> list[Path]:

@@ -8,6 +8,12 @@ assumed to fall along the curve, so the point to take is the last one whose scor
 target, found by ``search_index`` with few evaluations -- each one is a full evaluation of the
 user's metric. Everything here is pure: ``evaluate`` is any callable, so the searches are tested on
 synthetic curves without TVM.
+
+Two flip orders (``ORDERS``): ``"sensitivity"``, the paper's (``flips_from``: the phase-1 list as
+sorted, least sensitive first, blind to what a flip saves), and ``"noise_per_cost"``
+(``noise_per_cost_flips``): the flips ranked by output noise added per unit of cost saved -- per
+millisecond with a latency cost -- so a flip that saves no time is never taken and one that saves
+much time for little noise comes first.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from dataclasses import dataclass, field
 from .config import Candidate, Config
 
 MODES = ("sequential", "binary", "interpolation")
+#: Flip orders of the curve: the paper's pure-sensitivity order, and noise added per cost saved.
+ORDERS = ("sensitivity", "noise_per_cost")
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,146 @@ def flips_from(entries: Iterable, start: Mapping[str, Candidate]) -> list[Flip]:
         if c != Candidate.parse(start[e.group]):
             flips.append(Flip(e.group, c))
     return flips
+
+
+def noise_fraction(sqnr_db: float) -> float:
+    """Noise power over signal power of an output SQNR in dB: ``10 ** (-sqnr_db / 10)``.
+
+    Unlike dB, it adds up: independent noises from several groups sum to the noise of all of them
+    together (to first order), so "noise added by a flip" is a difference of these. inf dB (lossless)
+    is 0; NaN (a broken score) is inf.
+    """
+    s = float(sqnr_db)
+    if math.isnan(s):
+        return math.inf
+    if s == math.inf:
+        return 0.0
+    return 10.0 ** (-s / 10.0)
+
+
+@dataclass(frozen=True)
+class RankedFlip:
+    """A flip of the ``noise_per_cost`` order: it moves ``flip.group`` from its previous candidate
+    on the curve to ``flip.candidate``, saving ``cost_saved`` (cost-model unit) and adding
+    ``noise_added`` (noise power / signal power, phase-1 estimate); ``noise_per_cost`` is their ratio
+    (negative where the flip removes noise too)."""
+
+    flip: Flip
+    cost_saved: float
+    noise_added: float
+    noise_per_cost: float
+
+    def to_dict(self) -> dict:
+        return {"group": self.flip.group, "candidate": str(self.flip.candidate), "cost_saved": self.cost_saved,
+                "noise_added": self.noise_added, "noise_per_cost": self.noise_per_cost}
+
+
+@dataclass(frozen=True)
+class DroppedFlip:
+    """A (group, candidate) the ``noise_per_cost`` order leaves off the curve, and why."""
+
+    group: str
+    candidate: str
+    cost_saved: float
+    sqnr_db: float
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"group": self.group, "candidate": self.candidate, "cost_saved": self.cost_saved,
+                "sqnr_db": self.sqnr_db if math.isfinite(self.sqnr_db) else str(self.sqnr_db),
+                "reason": self.reason}
+
+
+def noise_per_cost_flips(entries: Iterable, start: Mapping[str, Candidate], *, rel_tol: float = 1e-9,
+                         ) -> tuple[list[RankedFlip], list[DroppedFlip]]:
+    """Order the flips by output noise added per unit of cost saved (the ``noise_per_cost`` order).
+
+    ``entries``: phase-1 entries (``.group``, ``.candidate``, ``.sqnr_db``, ``.cost_saved`` -- the
+    cost of the start point minus its cost with only this group flipped -- and ``.order``), the
+    group's start candidate among them. Returns (ranked flips, dropped (group, candidate)s).
+
+    Per group, each candidate is a point (cost saved x, noise n = ``noise_fraction(sqnr_db)``); the
+    start candidate is (0, its own noise). The group's flips are the steps along the *lower convex
+    hull* of those points from the start towards the largest saving: from the current candidate,
+    the next is the one of larger saving with the least noise added per cost saved (ties: the
+    nearer). So, within a group, every step saves cost (a flip that makes the group slower or
+    saves nothing is never on the curve, let alone before a cheaper alternative), and the ratio
+    does not decrease from one step to the next. All groups' steps are then merged by that ratio,
+    lowest first (ties: graph order; within a group the hull order is kept), which is the greedy
+    solution of the relaxed problem "least total noise for a given total saving" under two model
+    assumptions: noises of different groups add up, and costs of different groups add up (true of
+    BOPs and of the per-op latency sum, except that an activation x activation matmul's kernel
+    depends on both operands' groups; its saving is measured with the other operand at its start).
+
+    Dropped, with the reason, rather than put last: candidates that save nothing (x <= 0: on this
+    CPU an integer kernel can be slower than the float or 16-bit one it replaces), candidates with
+    a non-finite SQNR, and candidates above the hull (another candidate of the group saves at least
+    as much for no more noise, or a mix of two hull neighbours beats it). Applying any of them
+    after the hull steps would move the curve to a point with more noise and no more saving than
+    one already on it.
+
+    The curve's monotone assumption (scores fall along it) holds as well here as in the paper's
+    order: under the additive-noise model each step adds ``noise_added >= 0`` (a negative step --
+    a candidate both cheaper and less noisy than the start, e.g. w8a16 scoring above w16a16 by
+    chance -- goes first and raises the score), and cost falls at every step. Where the model is
+    wrong (noises that interact, the sum of per-op latencies vs the real module), scores and costs
+    can wiggle, as they do along the paper's curve; the curve's costs are priced exactly, per
+    configuration, by the search.
+    """
+    by_group: dict[str, list] = {}
+    orders: dict[str, int] = {}
+    for e in entries:
+        by_group.setdefault(e.group, []).append(e)
+        orders[e.group] = e.order
+    ranked: list[tuple[float, int, int, RankedFlip]] = []
+    dropped: list[DroppedFlip] = []
+    for g, group_entries in by_group.items():
+        s_cand = Candidate.parse(start[g])
+        points = {}
+        for e in group_entries:
+            points[Candidate.parse(e.candidate)] = (float(e.cost_saved), noise_fraction(e.sqnr_db), e)
+        x0, n0 = 0.0, points[s_cand][1] if s_cand in points else 0.0
+        if not math.isfinite(n0):
+            n0 = 0.0  # a broken start score: measure the others' noise from zero
+        others = {c: p for c, p in points.items() if c != s_cand}
+        scale = max([abs(x) for x, _, _ in others.values()] + [0.0])
+        steps, cur, cur_x, cur_n = [], s_cand, x0, n0
+        while True:
+            best = None
+            for c, (x, n, _) in others.items():
+                if not math.isfinite(n) or x <= cur_x + rel_tol * scale:
+                    continue
+                slope = (n - cur_n) / (x - cur_x)
+                key = (slope, x)
+                if best is None or key < best[0]:
+                    best = (key, c)
+            if best is None:
+                break
+            (slope, _), c = best
+            x, n, _ = others[c]
+            if steps:  # the hull's ratios do not decrease; rounding must not reorder a group's steps
+                slope = max(slope, steps[-1].noise_per_cost)
+            steps.append(RankedFlip(Flip(g, c), x - cur_x, n - cur_n, slope))
+            cur, cur_x, cur_n = c, x, n
+        on_curve = {s.flip.candidate for s in steps} | {s_cand}
+        for c, (x, n, e) in others.items():
+            if c in on_curve:
+                continue
+            if not math.isfinite(n):
+                why = f"no finite SQNR ({e.sqnr_db})"
+            elif x <= rel_tol * scale:
+                why = (f"saves nothing: costs {-x:.4g} more than {s_cand}" if x < 0 else
+                       f"saves nothing against {s_cand}")
+            else:
+                better = [d for d, (xd, nd, _) in points.items() if d != c and xd >= x and nd <= n]
+                why = (f"dominated by {better[0]} (saves at least as much, no more noise)" if better else
+                       "above the group's lower convex hull (its neighbours on the curve save more per noise added)")
+            dropped.append(DroppedFlip(g, str(c), x, float(e.sqnr_db), why))
+        for i, s in enumerate(steps):
+            ranked.append((s.noise_per_cost, orders[g], i, s))
+    ranked.sort(key=lambda t: t[:3])
+    dropped.sort(key=lambda d: (orders[d.group], d.candidate))
+    return [r for *_, r in ranked], dropped
 
 
 def curve_configs(start: Config, flips: Sequence[Flip]) -> list[Config]:

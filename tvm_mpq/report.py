@@ -5,9 +5,10 @@
 
 * the per-group sensitivity table of phase 1 (group x candidate -> output SQNR in dB with only that
   group quantized),
-* the Pareto curve: every point's index, the flip that leads to it, its cost (relative BOPs by
-  default) and its score where it was evaluated, the chosen point, and uniform-candidate reference
-  points where known,
+* the Pareto curve: every point's index, the flip that leads to it, its cost on both axes --
+  relative BOPs always, latency in ms when the search's cost was a latency -- and its score where it
+  was evaluated, the chosen point, uniform-candidate reference points where known, and the flip
+  order (with the flips the ``noise_per_cost`` order left off the curve, and why),
 * the chosen configuration, the budget (target score, cost budget), the outcome message, the number
   of evaluations and the wall time of each phase (calibration, simulation compile, phase 1, phase 2,
   the final compile),
@@ -15,7 +16,8 @@
 
 ``text()`` renders it as aligned plain-text tables for a terminal; ``to_dict()`` as JSON-able data;
 ``save(dir)`` writes ``report.json``, ``config.json`` and, when a search ran, ``sensitivity.png``
-and ``pareto.png`` (matplotlib's Agg canvas: no display, no change to pyplot's global backend).
+and ``pareto.png`` (matplotlib's Agg canvas: no display, no change to pyplot's global backend;
+one panel per cost axis: score vs relative BOPs, and score vs ms beside it when there is a latency).
 """
 
 from __future__ import annotations
@@ -115,9 +117,12 @@ def _uniform_config(quantizer, options: Mapping[str, Sequence[Candidate]], cand:
 
 
 def uniform_reference(quantizer, search_result, inputs=None, candidates=None) -> list[dict]:
-    """Uniform-candidate reference points for the Pareto plot: ``[{"candidate", "cost", "score"}]``.
+    """Uniform-candidate reference points for the Pareto plot:
+    ``[{"candidate", "cost", "bops", "latency_ms", "score"}]``.
 
-    cost: relative BOPs (only when the search used that cost model; else None). score: taken from
+    bops: relative BOPs. cost: in the search's cost unit (priced by the search's cost model, e.g.
+    the measured latency table; None when the result does not carry it). latency_ms: the cost when
+    it is a latency, else None. score: taken from
     the curve where the uniform configuration is an evaluated curve point (the start point, and the
     end point when it was evaluated); otherwise, when ``inputs`` (a list of input tuples) are given
     and the search scored by output SQNR on the same kind of inputs, computed by simulation (one
@@ -132,7 +137,11 @@ def uniform_reference(quantizer, search_result, inputs=None, candidates=None) ->
         candidates = sorted(seen, key=precision_key, reverse=True)
     cands = parse_candidates(candidates)
     options = group_options(quantizer, cands)
-    bops = RelativeBops(quantizer, cands) if search_result.cost_name == "relative_bops" else None
+    bops = RelativeBops(quantizer, cands)
+    cost_model = getattr(search_result, "cost_model", None)
+    if cost_model is None and search_result.cost_name == RelativeBops.name:
+        cost_model = bops
+    is_ms = search_result.cost_unit == "ms"
     known = {p.config: p.score for p in search_result.curve if p.score is not None}
     scorer = None
     if inputs is not None and search_result.score_name.startswith("output SQNR"):
@@ -143,7 +152,9 @@ def uniform_reference(quantizer, search_result, inputs=None, candidates=None) ->
         score = known.get(cfg)
         if score is None and scorer is not None:
             score = float(scorer(cfg))
-        out.append({"candidate": str(c), "cost": None if bops is None else float(bops(cfg)), "score": score})
+        cost = None if cost_model is None else float(cost_model(cfg))
+        out.append({"candidate": str(c), "cost": cost, "bops": float(bops(cfg)),
+                    "latency_ms": cost if is_ms else None, "score": score})
     return out
 
 
@@ -296,8 +307,13 @@ class Report:
                 table.setdefault(e.group, {})[e.candidate] = e.sqnr_db
         return table
 
+    def has_latency(self) -> bool:
+        """True when the curve points carry a latency in ms (the search's cost was a latency)."""
+        return self.search is not None and any(getattr(p, "latency_ms", None) is not None for p in self.search.curve)
+
     def pareto_points(self) -> list[dict]:
-        """Every curve point: index, flip, cost, score (None unless evaluated), evaluated, chosen."""
+        """Every curve point: index, flip, cost (the search's unit), bops (relative BOPs), latency_ms
+        (None without a latency cost), score (None unless evaluated), evaluated, chosen."""
         if self.search is None:
             return []
         chosen = self.search.chosen
@@ -306,6 +322,8 @@ class Report:
                 "index": p.index,
                 "flip": None if p.flip is None else {"group": p.flip.group, "candidate": str(p.flip.candidate)},
                 "cost": p.cost,
+                "bops": getattr(p, "bops", None),
+                "latency_ms": getattr(p, "latency_ms", None),
                 "score": p.score,
                 "evaluated": p.score is not None,
                 "chosen": p.index == chosen,
@@ -349,10 +367,13 @@ class Report:
                 "cost": s.cost_name, "cost_unit": s.cost_unit, "cost_budget": s.cost_budget,
             }
             d["search"] = {
-                "mode": s.mode, "reverse": s.reverse, "exit": s.exit, "evaluations": self.evaluations(),
-                "results_dir": s.results_dir, "cache": s.cache_stats,
+                "mode": s.mode, "reverse": s.reverse, "order": getattr(s, "order", "sensitivity"), "exit": s.exit,
+                "evaluations": self.evaluations(), "results_dir": s.results_dir, "cache": s.cache_stats,
+                "dropped": [x.to_dict() for x in getattr(s, "dropped", [])],
             }
-            d["chosen"] = None if chosen is None else {"index": chosen.index, "cost": chosen.cost, "score": chosen.score}
+            d["chosen"] = None if chosen is None else {
+                "index": chosen.index, "cost": chosen.cost, "bops": getattr(chosen, "bops", None),
+                "latency_ms": getattr(chosen, "latency_ms", None), "score": chosen.score}
             d["sensitivity"] = {
                 "candidates": self.candidates(),
                 "table": self.sensitivity_table(),
@@ -408,10 +429,14 @@ class Report:
             p2 = f"{ev['phase2']} curve evaluations"
             if ev["phase2_reused"]:
                 p2 += f" ({ev['phase2_reused']} from the cache)"
-            head.append(("search", f"{s.mode}{', reverse' if s.reverse else ''}; {p1}, {p2}; exit: {s.exit or '-'}"))
+            order = getattr(s, "order", "sensitivity")
+            order_desc = ("flip order: sensitivity (the paper's)" if order == "sensitivity" else
+                          f"flip order: {order} (noise added per {s.cost_unit if s.cost_unit == 'ms' else 'cost'} saved)")
+            head.append(("search", f"{s.mode}{', reverse' if s.reverse else ''}; {order_desc}; {p1}, {p2}; "
+                                   f"exit: {s.exit or '-'}"))
             cp = s.chosen_point
             head.append(("chosen", "none (infeasible)" if cp is None else
-                         f"point {cp.index} of {len(s.curve) - 1}: cost {_num(cp.cost)}, score {_num(cp.score)}"))
+                         f"point {cp.index} of {len(s.curve) - 1}: {self._axes_text(cp)}, score {_num(cp.score)}"))
         head.append(("outcome", self.outcome))
         w = max(len(k) for k, _ in head)
         lines += [f"{k.ljust(w)}  {v}" for k, v in head]
@@ -447,12 +472,44 @@ class Report:
             out.append("(groups without weights set activation bits only: one candidate per activation width)")
         return out
 
+    def _cost_columns(self) -> list[tuple[str, str]]:
+        """(point key, header) of the cost axes shown: relative BOPs always, latency ms when known,
+        and the search's own cost when it is neither."""
+        s = self.search
+        cols = [("bops", "rel. BOPs")]
+        if self.has_latency():
+            cols.append(("latency_ms", f"ms ({s.cost_name.replace('_latency', '')})"))
+        elif s.cost_name != RelativeBops.name:
+            cols.append(("cost", f"cost ({s.cost_name})"))
+        return cols
+
+    def _axes_text(self, p) -> str:
+        """'0.41 x BOPs, 85.3 ms' for a curve point (object or dict)."""
+        get = (lambda k: p.get(k)) if isinstance(p, Mapping) else (lambda k: getattr(p, k, None))
+        parts = []
+        bops = get("bops")
+        if bops is None and self.search.cost_name == RelativeBops.name:
+            bops = get("cost")
+        if bops is not None:
+            parts.append(f"{_num(bops)} x BOPs")
+        if get("latency_ms") is not None:
+            parts.append(f"{_num(get('latency_ms'))} ms")
+        if not parts or (self.search.cost_name != RelativeBops.name and self.search.cost_unit != "ms"):
+            parts.append(f"cost {_num(get('cost'))}")
+        return ", ".join(parts)
+
     def _curve_text(self, full: bool) -> list[str]:
         s = self.search
         pts = self.pareto_points()
         n_eval = sum(p["evaluated"] for p in pts)
+        order = getattr(s, "order", "sensitivity")
+        what = ("the phase-1 order" if order == "sensitivity" else
+                f"the {order} order")
         out = _section(f"Pareto curve: {len(pts)} points, {n_eval} evaluated "
-                       f"(point k applies the first k flips of the phase-1 order)")
+                       f"(point k applies the first k flips of {what})")
+        cols = self._cost_columns()
+        if not any(p.get("bops") is not None for p in pts) and cols[0][0] == "bops":
+            cols[0] = ("cost", "rel. BOPs" if s.cost_name == RelativeBops.name else f"cost ({s.cost_name})")
         show = set(range(len(pts))) if full else {p["index"] for p in pts if p["evaluated"] or p["chosen"]}
         if pts:
             show |= {0, len(pts) - 1}
@@ -462,7 +519,7 @@ class Report:
             if skipped:
                 a, b = skipped[0], skipped[-1]
                 rows.append(["", f"... {len(skipped)} point(s) {a}-{b} not evaluated" if a != b
-                             else f"... point {a} not evaluated", "", "", ""])
+                             else f"... point {a} not evaluated"] + [""] * (len(cols) + 2))
                 skipped.clear()
 
         for p in pts:
@@ -472,15 +529,25 @@ class Report:
             flush()
             flip = "(start)" if p["flip"] is None else f"{p['flip']['group']} -> {p['flip']['candidate']}"
             mark = "<- chosen" if p["chosen"] else ""
-            rows.append([str(p["index"]), flip, _num(p["cost"]), _num(p["score"]), mark])
+            rows.append([str(p["index"]), flip] + [_num(p.get(k)) for k, _ in cols] + [_num(p["score"]), mark])
         flush()
-        out += _table(["point", "flip", "cost", "score", ""], rows, right=(2, 3))
-        if s.target is not None:
-            out.append(f"target score {_num(s.target)}" + (f"; cost budget {_num(s.cost_budget)}"
-                                                           if s.cost_budget is not None else ""))
+        out += _table(["point", "flip"] + [h for _, h in cols] + ["score", ""], rows,
+                      right=range(2, 3 + len(cols)))
+        if s.target is not None or s.cost_budget is not None:
+            parts = [] if s.target is None else [f"target score {_num(s.target)}"]
+            if s.cost_budget is not None:
+                parts.append(f"cost budget {_num(s.cost_budget)}{' ' + s.cost_unit if s.cost_unit == 'ms' else ''}")
+            out.append("; ".join(parts))
         if self.uniform:
             out.append("uniform references: " + "; ".join(
-                f"{u['candidate']} cost {_num(u['cost'])} score {_num(u['score'])}" for u in self.uniform))
+                f"{u['candidate']} {self._axes_text(u)} score {_num(u['score'])}" for u in self.uniform))
+        dropped = getattr(s, "dropped", [])
+        if dropped:
+            out.append(f"left off the curve by the {order} order ({len(dropped)}):")
+            shown = dropped if full or len(dropped) <= 12 else dropped[:12]
+            out += [f"  {d.group} -> {d.candidate}: {d.reason}" for d in shown]
+            if len(shown) < len(dropped):
+                out.append(f"  ... {len(dropped) - len(shown)} more (report.json: search.dropped)")
         return out
 
     def _config_text(self) -> list[str]:
@@ -614,15 +681,29 @@ class Report:
         fig.savefig(os.fspath(path), format="png")
 
     def plot_pareto(self, path: str | os.PathLike) -> None:
-        """Cost vs score of the evaluated curve points, the target line, the cost budget, the chosen
-        point (star) and the uniform candidates (diamonds; dotted lines where only the cost is known)."""
+        """Score vs cost of the evaluated curve points, the target line, the cost budget, the chosen
+        point (star) and the uniform candidates (diamonds; dotted lines where only the cost is known):
+        one panel per cost axis, side by side with a shared score axis -- relative BOPs, and the
+        latency in ms when the search's cost was a latency (or the search's own cost when it is
+        neither)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         s = self.search
         pts = [p for p in self.pareto_points() if p["evaluated"]]
+        axes = []  # (point key, x label, budget on this axis)
+        is_bops = s.cost_name == RelativeBops.name
+        if is_bops or any(p.get("bops") is not None for p in pts):
+            axes.append(("bops" if not is_bops else "cost", "relative BOPs (1.0 = every group at the highest candidate)",
+                         s.cost_budget if is_bops else None))
+        if self.has_latency():
+            axes.append(("latency_ms", f"latency (ms, {s.cost_name.replace('_', ' ')})", s.cost_budget))
+        elif not is_bops:
+            unit = f" ({s.cost_unit})" if s.cost_unit else ""
+            axes.append(("cost", f"cost: {s.cost_name}{unit}", s.cost_budget))
+
         finite = [p["score"] for p in pts if _finite(p["score"])]
-        finite += [u["score"] for u in self.uniform if _finite(u.get("score")) and _finite(u.get("cost"))]
+        finite += [u["score"] for u in self.uniform if _finite(u.get("score"))]
         hi = max(finite) if finite else 1.0
         lo = min(finite) if finite else 0.0
         if s.target is not None and _finite(s.target):
@@ -634,45 +715,51 @@ class Report:
                 return v
             return hi + pad * 0.5 if v > 0 else lo - pad * 0.5
 
-        fig = Figure(figsize=(7.5, 5), dpi=100)
+        fig = Figure(figsize=(7.5 * len(axes) if len(axes) > 1 else 7.5, 5), dpi=100)
         FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        if pts:
-            ax.plot([p["cost"] for p in pts], [clip(p["score"]) for p in pts], "o-", color="tab:blue",
-                    label=f"evaluated curve points ({len(pts)} of {len(s.curve)})", zorder=3)
-            for p in pts:
-                ax.annotate(str(p["index"]), (p["cost"], clip(p["score"])), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color="tab:blue")
-        if s.target is not None and _finite(s.target):
-            ax.axhline(s.target, color="tab:red", linestyle="--", label=f"target {_num(s.target)}")
-        if s.cost_budget is not None:
-            ax.axvline(s.cost_budget, color="tab:orange", linestyle="--", label=f"cost budget {_num(s.cost_budget)}")
-        first_line = True
-        for u in self.uniform:
-            if not _finite(u.get("cost")):
-                continue
-            if _finite(u.get("score")):
-                ax.plot([u["cost"]], [u["score"]], "D", color="tab:gray", markersize=7, zorder=4,
-                        label="uniform candidates" if first_line else None)
-                ax.annotate(u["candidate"], (u["cost"], u["score"]), textcoords="offset points", xytext=(6, -10),
-                            fontsize=8, color="tab:gray")
-            else:
-                ax.axvline(u["cost"], color="tab:gray", linestyle=":", linewidth=1,
-                           label="uniform candidates (cost only)" if first_line else None)
-                ax.annotate(u["candidate"], (u["cost"], 1.0), xycoords=("data", "axes fraction"),
-                            textcoords="offset points", xytext=(2, -12), fontsize=8, color="tab:gray")
-            first_line = False
+        panels = fig.subplots(1, len(axes), sharey=True, squeeze=False)[0]
         cp = s.chosen_point
-        if cp is not None and cp.score is not None:
-            ax.plot([cp.cost], [clip(cp.score)], "*", color="tab:green", markersize=18, zorder=5,
-                    markeredgecolor="black", label=f"chosen: point {cp.index}")
-        ax.set_ylim(lo - pad, hi + pad)
-        unit = f" ({s.cost_unit})" if s.cost_unit else ""
-        ax.set_xlabel(f"cost: {s.cost_name}{unit}")
-        ax.set_ylabel(s.score_name if len(s.score_name) < 45 else s.score_name.split(" vs ")[0])
-        ax.set_title("Pareto curve" + ("" if cp is not None else " (no feasible point)"), fontsize=11)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        chosen = next((p for p in self.pareto_points() if p["chosen"]), None)
+        for i, (ax, (key, label, budget)) in enumerate(zip(panels, axes)):
+            shown = [p for p in pts if _finite(p.get(key))]
+            if shown:
+                ax.plot([p[key] for p in shown], [clip(p["score"]) for p in shown], "o-", color="tab:blue",
+                        label=f"evaluated curve points ({len(shown)} of {len(s.curve)})", zorder=3)
+                for p in shown:
+                    ax.annotate(str(p["index"]), (p[key], clip(p["score"])), textcoords="offset points",
+                                xytext=(4, 4), fontsize=7, color="tab:blue")
+            if s.target is not None and _finite(s.target):
+                ax.axhline(s.target, color="tab:red", linestyle="--", label=f"target {_num(s.target)}")
+            if budget is not None:
+                ax.axvline(budget, color="tab:orange", linestyle="--", label=f"cost budget {_num(budget)}")
+            first_line = True
+            for u in self.uniform:
+                x = u.get(key)
+                if not _finite(x):
+                    continue
+                if _finite(u.get("score")):
+                    ax.plot([x], [u["score"]], "D", color="tab:gray", markersize=7, zorder=4,
+                            label="uniform candidates" if first_line else None)
+                    ax.annotate(u["candidate"], (x, u["score"]), textcoords="offset points", xytext=(6, -10),
+                                fontsize=8, color="tab:gray")
+                else:
+                    ax.axvline(x, color="tab:gray", linestyle=":", linewidth=1,
+                               label="uniform candidates (cost only)" if first_line else None)
+                    ax.annotate(u["candidate"], (x, 1.0), xycoords=("data", "axes fraction"),
+                                textcoords="offset points", xytext=(2, -12), fontsize=8, color="tab:gray")
+                first_line = False
+            if cp is not None and cp.score is not None and chosen is not None and _finite(chosen.get(key)):
+                ax.plot([chosen[key]], [clip(cp.score)], "*", color="tab:green", markersize=18, zorder=5,
+                        markeredgecolor="black", label=f"chosen: point {cp.index}")
+            ax.set_ylim(lo - pad, hi + pad)
+            ax.set_xlabel(label)
+            if i == 0:
+                ax.set_ylabel(s.score_name if len(s.score_name) < 45 else s.score_name.split(" vs ")[0])
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8, loc="best")
+        order = getattr(s, "order", "sensitivity")
+        fig.suptitle("Pareto curve" + ("" if cp is not None else " (no feasible point)")
+                     + f" -- flip order: {order}", fontsize=11)
         fig.tight_layout()
         fig.savefig(os.fspath(path), format="png")
 

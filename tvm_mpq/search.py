@@ -21,6 +21,19 @@ The budget is given in the user's terms:
 * No budget (``eval_fn`` without ``allowed_accuracy_drop``): the curve is traced at
   ``curve_points`` positions plus both ends and the knee is chosen (``pareto.knee``): a starting
   point for the user, who can realize any other point of ``result.curve`` instead.
+
+The cost (``cost=``) is relative BOPs (the paper's) or the latency of the realized kernels in ms
+(``"measured"`` / ``"predicted"``, ``tvm_mpq.latency``); ``latency_budget_ms`` is a cost budget in
+ms. Every curve point carries both axes: ``CurvePoint.bops`` (relative BOPs, always) and
+``CurvePoint.latency_ms`` (when the cost is a latency).
+
+The flip order (``order=``): ``"sensitivity"`` (default) is the paper's -- least sensitive flip first,
+whatever it saves, so with a latency cost the curve may take flips that save no time (integer
+kernels slower than the ones they replace) and its cost need not fall along it. ``"noise_per_cost"``
+ranks the flips by output noise added (``10^(-SQNR/10)`` of phase 1, which adds up across groups,
+unlike dB) per unit of cost saved -- per ms with a latency cost -- and leaves off the curve every
+flip that saves nothing or is beaten by another candidate of its group (``pareto.noise_per_cost_flips``
+says exactly what, and why the curve stays monotone; ``result.dropped`` lists them with the reason).
 """
 
 from __future__ import annotations
@@ -39,7 +52,19 @@ from .cache import ResultsCache, digest_inputs, fingerprint
 from .config import FLOAT, Config
 from .cost import CostModel, RelativeBops
 from .errors import ConfigError
-from .pareto import MODES, Flip, curve_configs, first_within, flips_from, knee, search_index
+from .pareto import (
+    MODES,
+    ORDERS,
+    DroppedFlip,
+    Flip,
+    RankedFlip,
+    curve_configs,
+    first_within,
+    flips_from,
+    knee,
+    noise_per_cost_flips,
+    search_index,
+)
 from .sensitivity import (
     OutputSqnr,
     SensitivityEntry,
@@ -94,7 +119,10 @@ def _num(x):
 class CurvePoint:
     """Position ``index`` of the curve: the first ``index`` flips applied (0 = the start point).
 
-    ``flip``: the flip that leads here from the previous point; ``score``: None if not evaluated.
+    ``flip``: the flip that leads here from the previous point; ``cost``: in the search's cost
+    unit; ``bops``: relative BOPs (1.0 = every group at the highest candidate), always;
+    ``latency_ms``: the latency cost in ms when the search's cost is a latency (else None);
+    ``score``: None if not evaluated.
     """
 
     index: int
@@ -102,6 +130,8 @@ class CurvePoint:
     config: Config
     cost: float
     score: float | None = None
+    bops: float | None = None
+    latency_ms: float | None = None
 
     @property
     def flips_applied(self) -> int:
@@ -112,6 +142,8 @@ class CurvePoint:
             "index": self.index,
             "flip": None if self.flip is None else {"group": self.flip.group, "candidate": str(self.flip.candidate)},
             "cost": self.cost,
+            "bops": self.bops,
+            "latency_ms": self.latency_ms,
             "score": _num(self.score),
         }
 
@@ -141,6 +173,14 @@ class SearchResult:
     cache_stats: dict | None = None
     results_dir: str | None = None
     extra: dict = field(default_factory=dict)
+    #: The flip order of the curve ("sensitivity" | "noise_per_cost", see pareto.ORDERS).
+    order: str = "sensitivity"
+    #: noise_per_cost: each flip's cost saved and noise added (curve order); empty for "sensitivity".
+    ranked: list[RankedFlip] = field(default_factory=list)
+    #: noise_per_cost: the (group, candidate)s left off the curve, each with the reason.
+    dropped: list[DroppedFlip] = field(default_factory=list)
+    #: The cost model that priced the curve (not serialized): prices other configurations alike.
+    cost_model: object = field(default=None, repr=False, compare=False)
 
     @property
     def feasible(self) -> bool:
@@ -162,6 +202,8 @@ class SearchResult:
             "config": None if self.config is None else self.config.to_dict(),
             "chosen": self.chosen,
             "chosen_cost": None if self.chosen is None else self.curve[self.chosen].cost,
+            "chosen_bops": None if self.chosen is None else self.curve[self.chosen].bops,
+            "chosen_latency_ms": None if self.chosen is None else self.curve[self.chosen].latency_ms,
             "chosen_score": None if self.chosen is None else _num(self.curve[self.chosen].score),
             "target": _num(self.target),
             "score": self.score_name,
@@ -169,6 +211,7 @@ class SearchResult:
             "cost": {"name": self.cost_name, "unit": self.cost_unit, "budget": self.cost_budget},
             "mode": self.mode,
             "reverse": self.reverse,
+            "order": self.order,
             "exit": self.exit,
             "evaluations": self.evaluations,
             "phase_seconds": dict(self.phase_seconds),
@@ -177,6 +220,8 @@ class SearchResult:
             "results_dir": self.results_dir,
             "sensitivity": [e.to_dict() for e in self.sensitivity],
             "curve": [p.to_dict() for p in self.curve],
+            "ranked": [r.to_dict() for r in self.ranked],
+            "dropped": [d.to_dict() for d in self.dropped],
         }
 
     def __repr__(self) -> str:
@@ -209,6 +254,7 @@ def search(
     device=None,
     latency_cache=None,
     latency_model=None,
+    order: str = "sensitivity",
 ) -> SearchResult:
     """Find a mixed-precision configuration of ``quantizer``'s groups that meets the budget.
 
@@ -224,11 +270,16 @@ def search(
         ``tvm_mpq.RPCDevice`` for a remote one), cached in ``latency_cache`` (a JSON path), or
         predicted by ``latency_model`` (a trained LatencyModel or its saved JSON).
     latency_budget_ms: the cost budget in milliseconds (implies cost="measured" unless "predicted").
+    order: the flip order of the curve: "sensitivity" (the paper's, default) or "noise_per_cost"
+        (noise added per unit of cost saved: per ms with a latency cost; see the module docstring
+        and ``pareto.noise_per_cost_flips``).
     Returns a SearchResult; an infeasible budget gives ``config=None`` and says why in ``message``.
     """
     mode = search
     if mode not in MODES:
         raise ConfigError(f"unknown search mode {mode!r}: use one of {', '.join(MODES)}")
+    if order not in ORDERS:
+        raise ConfigError(f"unknown flip order {order!r}: use one of {', '.join(ORDERS)}")
     if allowed_accuracy_drop is not None and eval_fn is None:
         raise ConfigError("allowed_accuracy_drop needs eval_fn (the metric it is a drop of)")
     if eval_fn is not None and sqnr_floor_db is not None:
@@ -298,9 +349,18 @@ def search(
 
     # ---------------------------------------------------------------------------- the curve
     start = Config({g: opts[0] for g, opts in options.items()})
-    flips = flips_from(entries, start)
+    ranked, dropped = [], []
+    if order == "noise_per_cost":
+        ranked, dropped = noise_per_cost_flips(entries, start)
+        flips = [r.flip for r in ranked]
+    else:
+        flips = flips_from(entries, start)
     configs = curve_configs(start, flips)
     costs = [float(cost_model(c)) for c in configs]
+    is_bops = getattr(cost_model, "name", "") == RelativeBops.name
+    bops_of = cost_model if is_bops else RelativeBops(quantizer, cands)
+    rel_bops = costs if is_bops else [float(bops_of(c)) for c in configs]
+    latency = costs if getattr(cost_model, "unit", "") == "ms" else [None] * len(configs)
     n = len(configs)
     scores: dict[int, float] = {}
     bar = tqdm(desc=f"pareto search ({mode})", total=None, disable=not progress, unit="eval")
@@ -329,7 +389,8 @@ def search(
         target = float(sqnr_floor_db)
 
     chosen, exit_ = None, ""
-    lowest_desc = "every flip applied (each group at its lowest candidate)"
+    lowest_desc = ("every flip applied (each group at its lowest candidate)" if order == "sensitivity" else
+                   "every flip applied (each group at its cheapest candidate on the curve)")
     if target is not None:
         if not reverse:
             found = search_index(n, evaluate, target, mode)
@@ -390,9 +451,13 @@ def search(
         )
     bar.close()
     t2 = time.perf_counter()
+    if dropped:
+        message += (f"; {len(dropped)} flip(s) left off the curve by the noise_per_cost order (they save no "
+                    f"cost, or another candidate of their group is better: result.dropped)")
 
     curve = [
-        CurvePoint(k, flips[k - 1] if k else None, configs[k], costs[k], scores.get(k)) for k in range(n)
+        CurvePoint(k, flips[k - 1] if k else None, configs[k], costs[k], scores.get(k), rel_bops[k], latency[k])
+        for k in range(n)
     ]
     return SearchResult(
         config=None if chosen is None else configs[chosen],
@@ -413,4 +478,8 @@ def search(
         exit=exit_,
         cache_stats=None if cache is None else cache.stats,
         results_dir=None if results_dir is None else os.fspath(results_dir),
+        order=order,
+        ranked=ranked,
+        dropped=dropped,
+        cost_model=cost_model,
     )
