@@ -227,16 +227,6 @@ def test_weightless_groups_get_one_candidate_per_activation_width():
 
 
 @pytest.fixture(scope="module")
-def fragile():
-    return child.build_quantizer()
-
-
-@pytest.fixture(scope="module")
-def cal():
-    return child.calibration()
-
-
-@pytest.fixture(scope="module")
 def fragile_entries(fragile, cal):
     return phase1(fragile, cal, progress=False)
 

@@ -186,16 +186,6 @@ MS = {"w16a16": 4.0, "w8a16": 3.0, "w8a8": 2.0, "w4a8": 2.5, "float": 3.5}
 
 
 @pytest.fixture(scope="module")
-def fragile():
-    return child.build_quantizer()
-
-
-@pytest.fixture(scope="module")
-def cal():
-    return child.calibration()
-
-
-@pytest.fixture(scope="module")
 def quiet_group(fragile, cal):
     """The group of the paper order's first flip (the least sensitive non-start entry)."""
     entries = phase1(fragile, cal, CANDS, progress=False)
