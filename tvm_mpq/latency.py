@@ -7,7 +7,9 @@ correction, dequantize by the per-channel scale; for the ``float`` candidate the
 weights bound as constants, compiled with ``tvm_mpq.targets.pipeline.build`` (the same fusion and
 template schedules). It is timed with TVM's ``time_evaluator`` on a device -- here
 (``LocalDevice``) or through TVM's RPC (``tvm_mpq.rpc.RPCDevice``): warm-up calls, then
-``repeat`` repeats of at least ``min_repeat_ms`` each; the median repeat is the latency.
+``repeat`` repeats of at least ``min_repeat_ms`` each; the minimum repeat is the latency, in CPU
+time of the calling thread where the op runs on it alone (local, one runtime thread), else in
+wall time (``Timing``).
 
 Identical layers share one measurement: an op's *signature* is a digest of what decides its code --
 op kind, operand / weight / output shapes, conv attributes, the candidate, what the realization
@@ -74,8 +76,11 @@ __all__ = [
 ]
 
 CACHE_FORMAT = "tvm_mpq.latency-cache/1"
-#: Part of every signature: change it when what a measurement means changes.
-METHOD = "one-op realized module, tvm_mpq pipeline, time_evaluator median; v1"
+#: Part of every signature: change it when what a measurement means changes. v2: the latency is
+#: the *minimum* over repeats of the per-call time, measured in CPU time of the calling thread
+#: where the whole op runs on it (local CPU, one runtime thread), else in wall time (v1: the
+#: median repeat in wall time, whose repeat-to-repeat spread on a shared machine was 30-50%).
+METHOD = "one-op realized module, tvm_mpq pipeline; min over repeats, thread CPU time at 1 runtime thread else wall; v2"
 
 
 class LatencyError(TvmMpqError):
@@ -86,42 +91,124 @@ class LatencyError(TvmMpqError):
 # Timing protocol
 # ---------------------------------------------------------------------------------------------
 
+CLOCKS = ("auto", "thread", "wall")
+STATISTICS = ("min", "median")
+
 
 @dataclass(frozen=True)
 class Timing:
     """How one module is timed: ``warmup`` untimed calls, then ``repeat`` repeats, each running
-    the module ``number`` times or more until it lasts ``min_repeat_ms``; the median repeat (mean
-    per call within it) is the latency."""
+    the module ``number`` times or more until it lasts ``min_repeat_ms``; each repeat gives the mean
+    time per call within it, and ``statistic`` of the repeats (default the minimum) is the latency.
+
+    ``clock``: ``"thread"`` -- CPU time of the calling thread (``time.thread_time``) around TVM's
+    time_evaluator: what the op costs when it has a core to itself, blind to the time other jobs
+    hold the core (valid only where the runtime does all the work on the calling thread: a local
+    CPU with one runtime thread, e.g. ``TVM_NUM_THREADS=1``); ``"wall"`` -- time_evaluator's wall
+    clock (a remote device, or several runtime threads); ``"auto"`` (default) -- ``"thread"``
+    where it is valid, else ``"wall"``. Why the minimum: interference on a shared machine only adds
+    time. Measured on MobileNetV2 one-op modules on 2 shared, overloaded cores (benchmarks/
+    latency_measured.py --noise): two passes minutes apart differed by 29-51% (median over ops)
+    with the v1 protocol (wall clock, median of 7 repeats of >= 20 ms) and by 1.3-3.3% with this
+    one (thread CPU time, minimum of 15 repeats of >= 5 ms).
+    """
 
     warmup: int = 3
-    repeat: int = 7
+    repeat: int = 15
     number: int = 1
-    min_repeat_ms: float = 20.0
+    min_repeat_ms: float = 5.0
+    clock: str = "auto"
+    statistic: str = "min"
+
+    def __post_init__(self):
+        if self.clock not in CLOCKS:
+            raise ConfigError(f"Timing.clock must be one of {CLOCKS}, not {self.clock!r}")
+        if self.statistic not in STATISTICS:
+            raise ConfigError(f"Timing.statistic must be one of {STATISTICS}, not {self.statistic!r}")
 
     def to_dict(self) -> dict:
         return {"warmup": self.warmup, "repeat": self.repeat, "number": self.number,
-                "min_repeat_ms": self.min_repeat_ms}
+                "min_repeat_ms": self.min_repeat_ms, "clock": self.clock, "statistic": self.statistic}
 
 
-def time_vm(vm: relax.VirtualMachine, dev, args: Sequence, timing: Timing) -> list[float]:
-    """Per-call seconds of each repeat of ``vm["main"](*args)`` (TVM's time_evaluator)."""
-    for _ in range(timing.warmup):
-        vm["main"](*args)
-    ftimer = vm.time_evaluator(
-        "main", dev, number=timing.number, repeat=timing.repeat, min_repeat_ms=int(timing.min_repeat_ms)
-    )
-    res = ftimer(*args)
-    return [float(r) for r in res.results]
+class Runs(list):
+    """Per-call seconds of each repeat (a list), with how they were taken: ``clock`` ("thread" or
+    "wall"), ``statistic`` (what ``summarize`` reports as ``ms``) and, for the thread clock, the
+    wall seconds of the same repeats (``wall``)."""
+
+    def __init__(self, runs, clock: str, statistic: str, wall=None):
+        super().__init__(float(r) for r in runs)
+        self.clock, self.statistic = clock, statistic
+        self.wall = None if wall is None else [float(w) for w in wall]
 
 
-def summarize(runs_s: Sequence[float]) -> dict:
+def runtime_threads() -> int | None:
+    """The TVM runtime's thread count in this process (None when it cannot be asked)."""
+    try:
+        return int(tvm.get_global_func("runtime.NumThreads")())
+    except Exception:  # noqa: BLE001 - an older runtime without the function
+        return None
+
+
+def _thread_clock_valid(dev) -> bool:
+    return dev.dlpack_device_type() == 1 and runtime_threads() == 1  # kDLCPU in this process
+
+
+def time_vm(vm: relax.VirtualMachine, dev, args: Sequence, timing: Timing) -> Runs:
+    """Per-call seconds of each repeat of ``vm["main"](*args)`` under ``timing`` (see ``Timing``)."""
+    clock = timing.clock
+    if clock == "auto":
+        clock = "thread" if _thread_clock_valid(dev) else "wall"
+    if clock == "wall":
+        for _ in range(timing.warmup):
+            vm["main"](*args)
+        ftimer = vm.time_evaluator(
+            "main", dev, number=timing.number, repeat=timing.repeat, min_repeat_ms=int(timing.min_repeat_ms)
+        )
+        return Runs(ftimer(*args).results, "wall", timing.statistic)
+    if not _thread_clock_valid(dev):
+        raise LatencyError(
+            f"Timing(clock='thread') needs a local CPU and one TVM runtime thread (here: {dev}, "
+            f"{runtime_threads()} thread(s)); set TVM_NUM_THREADS=1 or use clock='wall'"
+        )
+    main = vm["main"]
+    first = []
+    for _ in range(max(1, timing.warmup)):
+        c0 = time.thread_time_ns()
+        main(*args)
+        first.append(time.thread_time_ns() - c0)
+    per_call_ns = max(min(first), 1000)
+    number = max(timing.number, int(math.ceil(timing.min_repeat_ms * 1e6 / per_call_ns)))
+    # time_evaluator runs 1 discarded + ``number`` calls back to back, all on this thread (one
+    # runtime thread): its CPU time / (number + 1) is the CPU time per call, Python not included.
+    ftimer = vm.time_evaluator("main", dev, number=number, repeat=1, min_repeat_ms=0)
+    cpu, wall = [], []
+    for _ in range(timing.repeat):
+        w0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+        ftimer(*args)
+        cpu.append((time.thread_time_ns() - c0) * 1e-9 / (number + 1))
+        wall.append((time.perf_counter_ns() - w0) * 1e-9 / (number + 1))
+    return Runs(cpu, "thread", timing.statistic, wall)
+
+
+def summarize(runs_s: Sequence[float], statistic: str | None = None) -> dict:
+    """``ms``: ``statistic`` of the repeats (default: what ``time_vm`` was told, the minimum;
+    the median for a plain list); ``min_ms`` / ``median_ms``, ``runs_ms``, and ``clock`` (and
+    ``wall_min_ms`` for the thread clock) where ``runs_s`` came from ``time_vm``."""
+    statistic = statistic or getattr(runs_s, "statistic", "median")
     runs_ms = [r * 1e3 for r in runs_s]
-    med = float(np.median(runs_ms))
-    if not (math.isfinite(med) and med > 0):
-        raise LatencyError(f"time_evaluator returned a non-positive or non-finite time: {runs_ms}")
-    # ``ms`` (the median) is the latency; ``min_ms`` is kept too: on a machine shared with other
-    # jobs, interference only adds time, and the spread between the two shows how much.
-    return {"ms": med, "min_ms": float(min(runs_ms)), "runs_ms": [round(r, 6) for r in runs_ms]}
+    med = float(np.median(runs_ms)) if runs_ms else float("nan")
+    lo = float(min(runs_ms)) if runs_ms else float("nan")
+    ms = lo if statistic == "min" else med
+    if not (math.isfinite(ms) and ms > 0):
+        raise LatencyError(f"timing returned a non-positive or non-finite time: {runs_ms}")
+    out = {"ms": ms, "min_ms": lo, "median_ms": med, "runs_ms": [round(r, 6) for r in runs_ms]}
+    if getattr(runs_s, "clock", None):
+        out["clock"] = runs_s.clock
+        out["statistic"] = statistic
+    if getattr(runs_s, "wall", None):
+        out["wall_min_ms"] = float(min(runs_s.wall)) * 1e3
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,8 +416,10 @@ class LatencyCache:
     """Measurements on disk: ``{"format", "namespaces": {namespace: {signature: entry}}}``.
 
     A namespace is a device's identity (the target key, plus ``@rpc:<key>`` for a remote device);
-    an entry holds ``ms`` (the median), ``runs_ms``, the op ``spec`` (what the predicted model
-    trains on), the timing protocol and when it was measured. Every ``put`` re-reads the file,
+    an entry holds ``ms`` (the latency per call: the minimum over repeats -- ``Timing.statistic`` --
+    of thread CPU time or wall time -- ``clock``; the spec's ``method`` names the protocol),
+    ``min_ms`` / ``median_ms`` / ``runs_ms``, the op ``spec`` (what the predicted model trains
+    on), the timing protocol (``timing``) and when it was measured. Every ``put`` re-reads the file,
     merges and rewrites it atomically (tvm_mpq.config.write_json_atomic), so two runs sharing a
     cache do not erase each other's entries and a killed run loses at most the measurement in
     flight. ``path=None`` keeps everything in memory.
