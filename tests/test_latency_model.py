@@ -1,6 +1,8 @@
-"""The predicted latency model: features, training, held-out report, JSON save / load, and the
-PredictedLatency cost model -- on measurement entries with a known latency law, so the test is
-exact about what the model must learn and needs no timing (real timings: benchmarks/)."""
+"""The predicted latency model: features (tile shapes, arithmetic path), training, held-out report,
+JSON save / load, and the PredictedLatency cost model -- on measurement entries with a known
+latency law (a synthetic roofline with noise among them), so the test is exact about what the
+model must learn and asserts no timing value (real timings: benchmarks/); and the timing protocol
+the training data is measured with (thread CPU clock, minimum over repeats)."""
 
 from __future__ import annotations
 
