@@ -47,19 +47,11 @@ from tvm import relax  # noqa: E402
 
 from tvm_mpq.passes import integer_ops as iops  # noqa: E402
 from tvm_mpq.targets import host_target, pipeline, schedules  # noqa: E402
+from bench_util import set_threads  # noqa: E402
 
 PEAK_GOPS = {"fp32": 117.0, "int8": 234.0, "int16": 234.0}  # per core, nominal (see docstring)
-_config_threadpool = tvm.get_global_func("runtime.config_threadpool")
 
 
-def set_threads(n: int) -> None:
-    _config_threadpool(1, n)
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
 
 
 @contextmanager

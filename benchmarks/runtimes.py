@@ -92,9 +92,9 @@ from tvm import relax  # noqa: E402
 
 import tvm_mpq  # noqa: E402
 from tvm_mpq.calibration import sqnr_db  # noqa: E402
+from bench_util import set_threads  # noqa: E402
 from tvm_mpq.targets import host_target  # noqa: E402
 
-_config_threadpool = tvm.get_global_func("runtime.config_threadpool")
 
 MODEL_TITLES = {
     "mobilenet_v2": "MobileNetV2 (torchvision ImageNet weights), batch 1, 3x224x224",
@@ -110,14 +110,6 @@ _FALLBACK_SENTENCES = [  # only when ../shared/data/sts-dev.csv is absent
 ]
 
 
-def set_threads(n: int) -> None:
-    _config_threadpool(1, n)
-    try:
-        import torch
-
-        torch.set_num_threads(n)
-    except ImportError:
-        pass
 
 
 def _short(e: BaseException, n: int = 160) -> str:
