@@ -39,6 +39,13 @@ def quantizer_and_inputs(model: str):
         example = (torch.from_numpy(ids[:1]), torch.from_numpy(mask[:1]))
         return tvm_mpq.Quantizer(net.eval(), None, calib, example, progress=False), [ids[:1], mask[:1]]
     from tvm_mpq.datasets import imagenet_sample
+
+    if model == "resnet18":
+        from tvm_mpq.models.resnet18 import load_resnet18
+
+        x, _ = imagenet_sample(limit=4)
+        calib = [x[i : i + 1] for i in range(4)]
+        return tvm_mpq.Quantizer(load_resnet18(seed=0).eval(), None, calib, (x[:1],), progress=False), [x[:1]]
     from tvm_mpq.models.mobilenet_v2 import load_mobilenet_v2
 
     x, _ = imagenet_sample(limit=4)
@@ -80,7 +87,7 @@ def profile(executable, inputs, runs: int):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="mobilenet_v2", choices=["mobilenet_v2", "minilm"])
+    ap.add_argument("--model", default="mobilenet_v2", choices=["mobilenet_v2", "resnet18", "minilm"])
     ap.add_argument("--configs", default="float,w8a8", help="uniform candidates, comma-separated")
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--top", type=int, default=25)

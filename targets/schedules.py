@@ -391,7 +391,15 @@ class TiledReduction(CPUScheduleRule):
             # broadcast (7 pixels x 2 registers: LLVM reloads the broadcast instead) beats a
             # ragged block: 160->960 @7x7 fp32 0.40 -> 0.29 ms, 960->320 0.83 -> 0.60 ms.
             whole = b_ext if b_ext <= self.max_block and b_ext * regs <= self.registers - regs else 0
-            for bf in sorted(set(range(1, bmax + 1)) | ({whole} if whole else set())):
+            extra = {whole} if whole else set()
+            if pairs and max(d for d in _divisors(b_ext) if d <= bmax) < 4:
+                # A pair tile must divide the block axis; where that leaves one or two rows
+                # (14 pixels: 1, 2, 7), each weight load -- from L2 once the weights outgrow L1 --
+                # feeds too few multiply-adds: take a divisor that fills the registers instead,
+                # one broadcast spill and all (3x3 conv 256->256 @14 int8, one thread: 2x32 84 ->
+                # 7x16 105-111 GOP/s; at 28 pixels 4x16 stays: 7x16 measured 12% slower there).
+                extra |= {d for d in _divisors(b_ext) if d <= self.max_block and (d + 1) * regs <= self.registers}
+            for bf in sorted(set(range(1, bmax + 1)) | extra):
                 if pairs and b_ext % bf:
                     continue  # tensorize does not take the predicate of a ragged tile
                 useful = bf * vi * b_ext / (-(-b_ext // bf) * bf)
@@ -613,6 +621,7 @@ class TiledReduction(CPUScheduleRule):
         if len(vec) != 1:
             return False
         kv, kb = vec[0], 1 - vec[0]
+        operand_bytes = [_num_elements(ld.source) * 2 for ld in loads]  # as int16 pairs
         # The pair axis: a reduction axis indexing each operand in exactly one dimension, plainly.
         red_iters = iters[ns:]
         pair = None
@@ -641,10 +650,17 @@ class TiledReduction(CPUScheduleRule):
             perm = [d for d in range(len(out_idx)) if d != out_dim[v]] + [out_dim[v]]
             sch.transform_layout(rblock, ("write", 0), _permute(perm))
 
-        # Operand layouts: [..., r // 2, (v,) r % 2] in int16.
+        acc_lanes = lanes * 32 // _dtype_bits(acc)
+        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, acc_lanes, False, pairs=True)
+        if vi % PMADDWD_LANES:
+            return False
+        # Operand layouts: [..., r // 2, (v,) r % 2] in int16; a weight read along the vector axis
+        # is blocked by the tile's vector length too, [v // vi, ..., r // 2, v % vi, r % 2], so a
+        # tile streams its weights contiguously (strided by all output channels, a cold 4.7 MB
+        # 512->512 3x3 int8 weight came from DRAM at the latency of each line).
         stage_bufs, stages = [], []
         for k, vdim in ((kv, dv), (kb, None)):
-            stage = self._pair_stage(sch, rblock, loads[k].source, dr[k], vdim, producers)
+            stage = self._pair_stage(sch, rblock, loads[k].source, dr[k], vdim, producers, vi)
             stages.append(stage)
             stage_bufs.append(sch.get(stage).writes[0].source)
         _rewrite_block(sch, rblock, lambda e: _drop_widening_cast(e, stage_bufs))
@@ -656,10 +672,6 @@ class TiledReduction(CPUScheduleRule):
         spatial, reduction = list(loops[:ns]), list(loops[ns:])
         r2, t = sch.split(reduction[ri], [None, 2])
         reduction = reduction[:ri] + [r2] + reduction[ri + 1 :]
-        acc_lanes = lanes * 32 // _dtype_bits(acc)
-        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, acc_lanes, False, pairs=True)
-        if vi % PMADDWD_LANES:
-            return False
         if _DEBUG:
             mode = "channels" if v != ns - 1 else ("pixels" if b is not None else "row")
             print(f"[tvm_mpq.schedules]   pairs {mode}: axes {ext[:ns]} reduce {ext[ns:]} tile {bf}x{vi}")
@@ -667,21 +679,39 @@ class TiledReduction(CPUScheduleRule):
         v_io, v8 = sch.split(v_i, [None, PMADDWD_LANES])
         if b is not None:
             b_o, b_i = sch.split(spatial[b], [None, bf])
-            outer = [l for i, l in enumerate(spatial) if i not in (v, b)]
-            outer += [v_o, b_o] if v == ns - 1 else [b_o, v_o]
+            rest = [i for i in range(ns) if i not in (v, b)]
+            # The tile loop of the larger operand outside, the smaller one's innermost: the
+            # larger operand's slice then stays in cache while the smaller is re-read. Deep
+            # convs have weights (int16 pairs: 4.7 MB at 512->512 3x3) far larger than their
+            # activations, and streamed them from L3 once per pixel tile.
+            big = kv if operand_bytes[kv] > operand_bytes[kb] else kb
+            big_o, small_o = (v_o, b_o) if big == kv else (b_o, v_o)
+            if all(svars[i] in used[big] for i in rest):
+                outer = [spatial[i] for i in rest] + [big_o, small_o]
+            else:
+                outer = [big_o] + [spatial[i] for i in rest] + [small_o]
             inner = [b_i, v_io]
         else:
             outer = [l for i, l in enumerate(spatial) if i != v] + [v_o]
             inner = [v_io]
+        if len(reduction) > 1:
+            # Convs: the input-channel pairs innermost, two per step, the kernel window around
+            # them (not unrolled): the activation pairs and weight rows are then contiguous in
+            # the step, and LLVM no longer interleaves nine unrolled window taps into spills
+            # (3x3 conv int8, one thread: 64->64 @56 105 -> 125, 64->128 @56 s2 97 -> 114,
+            # 256->256 @14 63 -> 84 GOP/s).
+            pair_loop = reduction.pop(ri)
+            pair_ext = ext[ns + ri] // 2
+            if pair_ext % 2 == 0:
+                pair_loop, pair_step = sch.split(pair_loop, [None, 2])
+                inner = [pair_step] + inner
+            reduction.append(pair_loop)
         sch.reorder(*outer, *reduction, *inner, v8, t)
         _fence_block(sch, consumer)
         sch.reverse_compute_at(consumer, outer[-1], preserve_unit_loops=False)
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
         for l in inner:
             sch.unroll(l)
-        for l, e in zip(reduction, [e // 2 if i == ri else e for i, e in enumerate(ext[ns:])]):  # r2: the pairs
-            if e <= 3 and len(reduction) > 1:
-                sch.unroll(l)
         init = sch.decompose_reduction(rblock, reduction[0])
         self._vectorize_tile(sch, init)
         if v != ns - 1:
@@ -698,14 +728,18 @@ class TiledReduction(CPUScheduleRule):
         return True
 
     @staticmethod
-    def _pair_stage(sch, rblock, buf, dr: int, dv, producers):
-        """The block that writes operand ``buf`` as int16 in the layout [..., r//2, (v,) r%2]:
-        its producer in this function if it has one (a pad, a centering cast), else a copy (of a
-        weight: done at compile time by the layout-rewrite passes)."""
+    def _pair_stage(sch, rblock, buf, dr: int, dv, producers, block: int):
+        """The block that writes operand ``buf`` as int16 in the layout [..., r//2, (v,) r%2]
+        (a weight with a vector axis: [v//block, ..., r//2, v%block, r%2]): its producer in this
+        function if it has one (a pad, a centering cast), else a copy (of a weight: done at
+        compile time by the layout-rewrite passes)."""
         ndim = len(buf.shape)
+        blocked = dv is not None and _layout_free(sch, buf) and _int(buf.shape[dv]) % block == 0
 
         def index_map(*d):
             rest = [d[i] for i in range(ndim) if i not in (dr, dv)]
+            if blocked:
+                return (d[dv] // block, *rest, d[dr] // 2, d[dv] % block, d[dr] % 2)
             return (*rest, d[dr] // 2, *([d[dv]] if dv is not None else []), d[dr] % 2)
 
         stage = None
@@ -847,6 +881,13 @@ def _schedule_copy(sch, block_rv) -> None:
         sch.parallel(sch.fuse(*loops[:-2]))
     if loops:
         sch.unroll(loops[-1])
+
+
+def _num_elements(buffer) -> int:
+    n = 1
+    for d in buffer.shape:
+        n *= _int(d) or 1
+    return n
 
 
 def _layout_free(sch, buffer) -> bool:

@@ -125,6 +125,10 @@ PAIR_CONV_CASES = [
     ("pairs_channels_1x1_w7", (1, 38, 7, 7), 40, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     ("pairs_channels_3x3_w9", (1, 10, 4, 9), 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     ("pairs_channels_rect", (1, 22, 3, 5), 16, (1, 3), (1, 1), (0, 1, 0, 1), (1, 1), 1),
+    # weights larger than the activations (their tile loop outermost, blocked weight layout),
+    # 14 pixels (a 7-row tile), an even and an odd count of input-channel pairs
+    ("pairs_channels_deep_w14", (1, 36, 3, 14), 48, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("pairs_channels_deep_odd_pairs", (1, 34, 2, 7), 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
 ]
 
 
