@@ -484,29 +484,48 @@ class TiledReduction(CPUScheduleRule):
                 return False
             perm = [d for d in range(len(out_idx)) if d != out_dim[v]] + [out_dim[v]]
             sch.transform_layout(rblock, ("write", 0), _permute(perm))
-        stages = self._contiguous_operands(sch, rblock, svars[v])
+        in_bits = [_dtype_bits(r.source.dtype) for r in sch.get(rblock).reads]
+        narrow = "int" in str(block.writes[0].source.dtype) and max(in_bits) < acc_bits
+        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, lanes, narrow)
+        depthwise = False
+        if b is None and v == ns - 1 and ns >= 2 and ext[ns - 2] > 1 and vi % lanes == 0:
+            # No axis the vector operand ignores (depthwise conv): block output rows anyway --
+            # neighbouring rows share input rows and every weight broadcast, and LLVM merges
+            # the repeated loads of the unrolled rows.
+            b, depthwise = ns - 2, True
+            bf = max(d for d in _divisors(ext[b]) if d <= self.depthwise_rows)
+        # Bytes of the operands only the vector axis / only the block axis index (weights /
+        # activations), before any copy: the larger one's tile loop goes outermost.
+        vec_bytes = blk_bytes = 0
+        if b is not None and not depthwise:
+            for r in block.reads:
+                if r.source.same_as(block.writes[0].source):
+                    continue
+                rv = set().union(*(_vars(rg.min) for rg in r.region))
+                size = _num_elements(r.source) * _dtype_bits(r.source.dtype) // 8
+                if svars[v] in rv and svars[b] not in rv:
+                    vec_bytes = max(vec_bytes, size)
+                elif svars[b] in rv and svars[v] not in rv:
+                    blk_bytes = max(blk_bytes, size)
+        stages = self._contiguous_operands(sch, rblock, svars[v], vi)
         if _DEBUG and stages:
             print(f"[tvm_mpq.schedules]   {len(stages)} operand(s) copied contiguous")
 
         loops = sch.get_loops(rblock)
         spatial, reduction = list(loops[:ns]), list(loops[ns:])
-        in_bits = [_dtype_bits(sch.get(rblock).reads[i].source.dtype) for i in range(len(sch.get(rblock).reads))]
-        narrow = "int" in str(block.writes[0].source.dtype) and max(in_bits) < acc_bits
-        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, lanes, narrow)
-        if b is None and v == ns - 1 and ns >= 2 and ext[ns - 2] > 1 and vi % lanes == 0:
-            # No axis the vector operand ignores (depthwise conv): block output rows anyway --
-            # neighbouring rows share input rows and every weight broadcast, and LLVM merges
-            # the repeated loads of the unrolled rows.
-            b = ns - 2
-            bf = max(d for d in _divisors(ext[b]) if d <= self.depthwise_rows)
         if _DEBUG:
             mode = "channels" if v != ns - 1 else ("pixels" if b is not None else "row")
             print(f"[tvm_mpq.schedules]   {mode}: axes {ext[:ns]} reduce {ext[ns:]} tile {bf}x{vi} lanes {lanes}")
         v_o, v_i = sch.split(spatial[v], [None, vi])
         if b is not None:
             b_o, b_i = sch.split(spatial[b], [None, bf])
-            outer = [l for i, l in enumerate(spatial) if i not in (v, b)]
-            outer += [v_o, b_o] if v == ns - 1 else [b_o, v_o]
+            rest = [l for i, l in enumerate(spatial) if i not in (v, b)]
+            if vec_bytes > blk_bytes and vec_bytes > 0:
+                # the vector operand (weights read along output channels) is the larger: its
+                # tile loop outermost, so its slice stays in cache across the pixel tiles
+                outer = [v_o] + rest + [b_o] if v != ns - 1 else rest + [v_o, b_o]
+            else:
+                outer = rest + ([v_o, b_o] if v == ns - 1 else [b_o, v_o])
             inner = [b_i, v_i]
         else:
             outer = [l for i, l in enumerate(spatial) if i != v] + [v_o]
@@ -762,7 +781,7 @@ class TiledReduction(CPUScheduleRule):
         return stage
 
     @staticmethod
-    def _contiguous_operands(sch, rblock, vvar) -> list:
+    def _contiguous_operands(sch, rblock, vvar, block: int) -> list:
         """Make every operand read along the vector axis contiguous there, by a copy in another
         layout: operands whose vector dimension is not their last (conv weights when vectorizing
         over output channels, packed int4 dense weights) get it moved last; operands read with a
@@ -782,7 +801,13 @@ class TiledReduction(CPUScheduleRule):
                 continue
             d = dims[0]
             index_map = None
-            if d != ndim - 1 and r.region[d].min.same_as(vvar):
+            layout_free = _layout_free(sch, r.source)
+            plain = r.region[d].min.same_as(vvar)
+            if layout_free and plain and ndim > 1 and block > 1 and _int(r.source.shape[d]) % block == 0:
+                # a weight read along the vector axis: blocked by the tile's vector length, so
+                # one tile's slice is contiguous (dense 128x1536x384 fp32 weights are 2.4 MB)
+                index_map = _blocked(ndim, d, block)
+            elif d != ndim - 1 and plain:
                 perm = [k for k in range(ndim) if k != d] + [d]
                 index_map = _permute(perm)
             elif d == ndim - 1:
@@ -793,7 +818,6 @@ class TiledReduction(CPUScheduleRule):
             if index_map is None:
                 continue
             destride = d == ndim - 1
-            layout_free = _layout_free(sch, r.source)
             cache = sch.cache_read(rblock, i - 1, "global")
             sch.transform_layout(cache, ("write", 0), index_map)
             if layout_free:
@@ -912,6 +936,16 @@ def _destride(ndim: int, stride: int):
         return (*axes[:-1], axes[-1] % stride, axes[-1] // stride)
 
     assert ndim >= 1
+    return index_map
+
+
+def _blocked(ndim: int, d: int, block: int):
+    """Axis ``d`` split into (d // block) outermost and (d % block) innermost."""
+
+    def index_map(*axes):
+        rest = [axes[k] for k in range(ndim) if k != d]
+        return (axes[d] // block, *rest, axes[d] % block)
+
     return index_map
 
 
