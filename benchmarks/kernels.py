@@ -12,7 +12,8 @@ time_evaluator (median of 7 repeats of >= 20 ms after a warm-up). GOP/s counts 2
 multiply-add; "% peak" is against one core's nominal AVX2 peak times the thread count:
 fp32 117 GFLOP/s (2 FMA pipes x 8 lanes x 2 ops x 3.65 GHz), int8/int16 234 GOP/s (``vpmaddwd``:
 2 per cycle x 16 multiply-adds; AVX2 has no exact int8 dot product -- ``vpmaddubsw`` saturates).
-The practical fp32 peak is measured too (torch's sgemm on 1024^3, same threads).
+The practical fp32 peak is measured too (torch's sgemm on 1024^3, same threads), and so is each
+arithmetic path's register-only peak (benchmarks/peak.py): "% measured peak" is against it.
 
 End to end: MobileNetV2 (real weights) batch 1 -- PyTorch fp32 eager vs tvm_mpq float / w8a8 /
 w16a16 / w4a8 realized modules, median ms (time_evaluator, 7 repeats) and the ratio to PyTorch.
@@ -207,6 +208,17 @@ def torch_sgemm_gflops(threads: int, n: int = 1024) -> float:
     return 2 * n**3 / float(np.median(ts)) / 1e9
 
 
+def _measured_peaks() -> dict:
+    """Per-core peaks measured on this machine by benchmarks/peak.py (empty without a C compiler)."""
+    from peak import measured_peaks
+
+    p = measured_peaks()
+    return {} if p is None else {"fp32": p["fp32"], "int8": p["int16_pairs"], "int16": p["int16_pairs"]}
+
+
+MEASURED: dict = {}
+
+
 def run_kernels(target_info):
     rng = np.random.default_rng(0)
     dtypes = ARGS.dtypes.split(",")
@@ -228,7 +240,9 @@ def run_kernels(target_info):
                 rows.append((name, dtype, t, kernel_macs(kind, spec), ms, bms))
                 gops = 2 * kernel_macs(kind, spec) / ms / 1e6
                 line = (f"{name:26} {dtype:5} T{t}  {ms:8.3f} ms {gops:7.1f} GOP/s "
-                        f"{100 * gops / (PEAK_GOPS[dtype] * t):5.1f}% peak")
+                        f"{100 * gops / (PEAK_GOPS[dtype] * t):5.1f}% nominal peak")
+                if MEASURED:
+                    line += f" {100 * gops / (MEASURED[dtype] * t):5.1f}% measured peak"
                 if bms is not None:
                     line += f"   generic rule {bms:8.3f} ms  speedup x{bms / ms:5.1f}"
                 print(line, flush=True)
@@ -294,7 +308,13 @@ def main():
     if not ARGS.no_kernels:
         for t in THREADS:
             print(f"practical fp32 peak (torch sgemm 1024^3, {t} thread(s)): {torch_sgemm_gflops(t):.1f} GFLOP/s")
-        print(f"nominal peak per core: fp32 {PEAK_GOPS['fp32']:.0f} GFLOP/s, int8/int16 {PEAK_GOPS['int8']:.0f} GOP/s\n")
+        print(f"nominal peak per core: fp32 {PEAK_GOPS['fp32']:.0f} GFLOP/s, int8/int16 {PEAK_GOPS['int8']:.0f} GOP/s")
+        MEASURED.update(_measured_peaks())
+        if MEASURED:
+            print(f"measured peak per core (benchmarks/peak.py): fp32 {MEASURED['fp32']:.1f} GFLOP/s, "
+                  f"int8/int16 (vpmaddwd pairs) {MEASURED['int8']:.1f} GOP/s\n")
+        else:
+            print("no C compiler: percentages against the nominal peak only\n")
         run_kernels(target_info)
     if not ARGS.no_e2e:
         run_end_to_end(target_info)
