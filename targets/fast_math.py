@@ -1,4 +1,4 @@
-"""Vectorizable GELU and softmax for CPU targets.
+"""Vectorizable GELU, softmax and layer norm for CPU targets.
 
 TVM's default legalizations compute GELU with ``erf`` and softmax with ``exp``, which LLVM turns
 into one libm call per element: the loops stay scalar. On all-MiniLM-L6-v2 (sequence 128, one
@@ -6,6 +6,8 @@ thread) GELU and softmax took 21 of 82 ms. TOPI's ``fast_erf`` / ``fast_exp`` ar
 built from vectorizable arithmetic, accurate to a few float32 ulps (checked in
 tests/test_fast_math.py against numpy in float64); ``LEGALIZE_MAP`` routes ``relax.nn.gelu`` and
 ``relax.nn.softmax`` to them, for ``relax.transform.LegalizeOps(customize_legalize_map=...)``.
+Row reductions (softmax, layer norm) are written as partial results over vector lanes first: the
+schedules vectorize those, where a plain row reduction became a strided scalar loop.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 
 from tvm import relax, te, tirx, topi
 
-__all__ = ["LEGALIZE_MAP", "gelu", "softmax"]
+__all__ = ["LEGALIZE_MAP", "gelu", "layer_norm", "softmax"]
 
 
 def gelu(x: te.Tensor) -> te.Tensor:
@@ -24,12 +26,83 @@ def gelu(x: te.Tensor) -> te.Tensor:
     return topi.multiply(x, topi.add(half, topi.multiply(erf, half)))
 
 
+#: Lanes of the partial max / sum of a softmax row (one AVX2 float32 vector).
+SOFTMAX_LANES = 8
+
+
 def softmax(x: te.Tensor, axis: int) -> te.Tensor:
-    """``exp(x - max) / sum(exp(x - max))`` along ``axis`` with TOPI's fast_exp."""
-    axis = axis % len(x.shape)
-    m = topi.max(x, axis=axis, keepdims=True)
-    e = topi.fast_exp(topi.subtract(x, m))
-    return topi.divide(e, topi.sum(e, axis=axis, keepdims=True))
+    """``exp(x - max) / sum(exp(x - max))`` along ``axis`` with TOPI's fast_exp.
+
+    A last axis that splits into vectors is reduced in two steps: ``SOFTMAX_LANES`` partial
+    maxima / sums over the row's vectors (elementwise over contiguous lanes: vector code), then
+    over the lanes. A plain reduction along the row is scheduled with the reduction outside the
+    rows and became a strided scalar loop: 0.64 ms per 12x128x128 attention softmax, 3.8 of
+    MiniLM's 28 ms (w8a8, one thread). The row is normalized by one reciprocal per row."""
+    ndim = len(x.shape)
+    axis = axis % ndim
+    n = x.shape[axis]
+    lanes = SOFTMAX_LANES
+    if axis != ndim - 1 or not isinstance(n, tirx.IntImm) or int(n) % lanes or int(n) == lanes:
+        m = topi.max(x, axis=axis, keepdims=True)
+        e = topi.fast_exp(topi.subtract(x, m))
+        return topi.divide(e, topi.sum(e, axis=axis, keepdims=True))
+    lead = list(x.shape[:-1])
+    j = te.reduce_axis((0, int(n) // lanes), name="j")
+    part_max = te.compute(lead + [lanes], lambda *i: te.max(x[(*i[:-1], j * lanes + i[-1])], axis=j), name="part_max")
+    l1 = te.reduce_axis((0, lanes), name="l")
+    row_max = te.compute(lead, lambda *i: te.max(part_max[(*i, l1)], axis=l1), name="row_max")
+    e = topi.fast_exp(te.compute(x.shape, lambda *i: x[i] - row_max[i[:-1]], name="shifted"))
+    j2 = te.reduce_axis((0, int(n) // lanes), name="j")
+    part_sum = te.compute(lead + [lanes], lambda *i: te.sum(e[(*i[:-1], j2 * lanes + i[-1])], axis=j2), name="part_sum")
+    l2 = te.reduce_axis((0, lanes), name="l")
+    row_sum = te.compute(lead, lambda *i: te.sum(part_sum[(*i, l2)], axis=l2), name="row_sum")
+    inv = te.compute(lead, lambda *i: tirx.const(1.0, x.dtype) / row_sum[i], name="row_inverse")
+    return te.compute(x.shape, lambda *i: e[i] * inv[i[:-1]], name="softmax")
+
+
+def _lane_sum(values, lead: list, n: int, lanes: int, name: str) -> te.Tensor:
+    """Sum of ``values(*lead_idx, k)`` over k < n: ``lanes`` partial sums over the row's vectors
+    (contiguous lanes: vector code), then over the lanes."""
+    j = te.reduce_axis((0, n // lanes), name="j")
+    part = te.compute(lead + [lanes], lambda *i: te.sum(values(*i[:-1], j * lanes + i[-1]), axis=j), name=f"{name}_part")
+    lane = te.reduce_axis((0, lanes), name="l")
+    return te.compute(lead, lambda *i: te.sum(part[(*i, lane)], axis=lane), name=name)
+
+
+def layer_norm(x: te.Tensor, gamma: te.Tensor, beta: te.Tensor, epsilon: float) -> te.Tensor:
+    """Layer norm over the last axis (a multiple of ``SOFTMAX_LANES`` long), in two passes --
+    the mean, then the mean of centered squares -- each reduced over vector lanes first. TOPI's
+    reduction ran as a strided scalar loop: 105 us per 128x384 layer norm, 1.4 ms of MiniLM
+    (one thread)."""
+    lead = list(x.shape[:-1])
+    n = int(x.shape[-1])
+    lanes = SOFTMAX_LANES
+    inv_n = tirx.const(1.0 / n, x.dtype)
+    total = _lane_sum(lambda *i: x[i], lead, n, lanes, "row_sum")
+    mean = te.compute(lead, lambda *i: total[i] * inv_n, name="mean")
+    centered = te.compute(x.shape, lambda *i: x[i] - mean[i[:-1]], name="centered")
+    squares = _lane_sum(lambda *i: centered[i] * centered[i], lead, n, lanes, "row_squares")
+    rstd = te.compute(
+        lead, lambda *i: tirx.const(1.0, x.dtype) / te.sqrt(squares[i] * inv_n + tirx.const(epsilon, x.dtype)),
+        name="rstd",
+    )
+    return te.compute(
+        x.shape, lambda *i: centered[i] * rstd[i[:-1]] * gamma[i[-1]] + beta[i[-1]], name="layer_norm"
+    )
+
+
+def _legalize_layer_norm(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    x = call.args[0]
+    shape = x.ty.shape if hasattr(x.ty, "shape") else None
+    ndim = len(shape) if shape is not None else 0
+    axes = [int(a) % ndim for a in call.attrs.axes] if ndim else []
+    n = shape[-1] if ndim else None
+    if (
+        str(x.ty.dtype) != "float32" or axes != [ndim - 1] or not isinstance(n, tirx.IntImm)
+        or int(n) % SOFTMAX_LANES or not (call.attrs.center and call.attrs.scale)
+    ):  # fmt: skip
+        return call
+    return bb.call_te(layer_norm, x, call.args[1], call.args[2], float(call.attrs.epsilon), primfunc_name_hint="layer_norm")
 
 
 def _legalize_gelu(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -44,4 +117,8 @@ def _legalize_softmax(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     return bb.call_te(softmax, call.args[0], int(call.attrs.axis), primfunc_name_hint="softmax")
 
 
-LEGALIZE_MAP = {"relax.nn.gelu": _legalize_gelu, "relax.nn.softmax": _legalize_softmax}
+LEGALIZE_MAP = {
+    "relax.nn.gelu": _legalize_gelu,
+    "relax.nn.softmax": _legalize_softmax,
+    "relax.nn.layer_norm": _legalize_layer_norm,
+}
