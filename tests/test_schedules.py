@@ -83,10 +83,13 @@ CONV_CASES = [
     ("channels_1x1_w14", (1, 19, 2, 14), 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     ("channels_3x3_w9", (1, 6, 4, 9), 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     ("channels_grouped", (1, 8, 5, 7), 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
-    # depthwise: odd-length pixel vectors (7, 13) and whole ones (16), strided
+    # depthwise: odd-length pixel vectors (7, 13, 5, 10) and whole ones (16), strided (also with an
+    # odd padded width), a 5x3 kernel with asymmetric padding
     ("depthwise_w7", (1, 11, 9, 7), 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 11),
     ("depthwise_w16", (1, 5, 3, 16), 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 5),
     ("depthwise_strided", (1, 7, 9, 26), 7, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 7),
+    ("depthwise_strided_odd_pitch", (1, 5, 8, 11), 5, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 5),
+    ("depthwise_asym_pad_5x3", (1, 9, 6, 10), 9, (5, 3), (1, 1), (2, 0, 1, 1), (1, 1), 9),
 ]
 
 
