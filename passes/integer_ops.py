@@ -169,12 +169,15 @@ def emit_dense(bb, xq, weight, weight_bits: int, k: int, n: int, acc_dtype: str)
     if weight_bits == 4:
 
         def dense_te(x, packed):
+            # The unpack is a stage of its own (as for convs): the templates turn it into the
+            # operand's layout stage, unpacked once per call; inlined in the reduction it ran
+            # per multiply-add (MiniLM w4a8: 165 ms against 24 ms for w8a8, one thread).
+            w = te.compute((n, k), _unpack_int4(packed, lambda nn, kk: (nn, kk)), name="unpack_int4")
             red = te.reduce_axis((0, k), name="k")
-            unpack = _unpack_int4(packed, lambda nn, kk: (nn, kk), acc_dtype)
             lead = x.shape[:-1]
             return te.compute(
                 (*lead, n),
-                lambda *idx: te.sum(x[(*idx[:-1], red)].astype(acc_dtype) * unpack(idx[-1], red), axis=red),
+                lambda *idx: te.sum(x[(*idx[:-1], red)].astype(acc_dtype) * w[idx[-1], red].astype(acc_dtype), axis=red),
                 name="dense_int4",
             )
 
