@@ -59,39 +59,16 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.tirx.analysis import undefined_vars
 
+from .fence import FP_FENCE_OP, register_intrinsics
 from .x86 import PMADDWD_LANES, intrin_name
 
 __all__ = ["FP_FENCE_OP", "InlinedElementwise", "ParallelVectorize", "TiledReduction", "rules"]
 
-FP_FENCE_OP = "tvm_mpq.fp_fence"
 # Set to raise instead of falling back to the next rule (for developing the templates).
 _DEBUG = bool(os.environ.get("TVM_MPQ_SCHEDULE_DEBUG"))
 
 
-# ---------------------------------------------------------------------------------------------
-# Intrinsics: an FP contraction fence and a vectorizable nearbyint
-# ---------------------------------------------------------------------------------------------
-
-
-def _register_intrinsics() -> None:
-    try:
-        tvm.ir.Op.get(FP_FENCE_OP)
-    except Exception:  # noqa: BLE001 - not registered yet in this process
-        tvm.ir._ffi_api.RegisterOp(FP_FENCE_OP, "Identity; blocks FP contraction across it")
-        tvm.ir.register_op_attr(FP_FENCE_OP, "TCallEffectKind", 1)  # kPure
-        tvm.ir.register_op_attr(FP_FENCE_OP, "TVectorizable", True)
-        tvm.ir.register_op_attr(FP_FENCE_OP, "TScriptPrinterName", "tvm_mpq_fp_fence")
-
-        def _lower(call):
-            return tirx.call_llvm_pure_intrin(call.ty, "llvm.arithmetic.fence", call.args[0])
-
-        for kind in ("llvm", "default"):
-            tirx.register_intrin_lowering(FP_FENCE_OP, kind, f=_lower, level=99)
-    if not tvm.ir.Op.get("tirx.nearbyint").get_attr("TVectorizable"):
-        tvm.ir.register_op_attr("tirx.nearbyint", "TVectorizable", True)
-
-
-_register_intrinsics()
+register_intrinsics()  # the FP contraction fence and a vectorizable nearbyint (fence.py)
 
 _BINARY = (
     tirx.Add, tirx.Sub, tirx.Mul, tirx.Div, tirx.Mod, tirx.FloorDiv, tirx.FloorMod, tirx.Max,

@@ -53,7 +53,7 @@ from tvm import s_tir, tirx
 
 from tvm_mpq.errors import ConfigError, TargetError
 
-from .schedules import FP_FENCE_OP, _fence, _is_float, fence_products
+from .schedules import _fence, _is_float, fence_products
 
 __all__ = [
     "DEFAULT_TRIALS",
@@ -253,31 +253,15 @@ def _save_ledger(work_dir: Path, ledger: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _make_worker_init(fence_op: str):
-    """An initializer for builder workers: registers tvm_mpq's FMA fence (and its lowering), and
-    marks ``nearbyint`` vectorizable, as ``targets.schedules`` does in this process. A closure, so
-    cloudpickle sends it by value and workers do not import tvm_mpq."""
+def _worker_init():
+    """The builder workers' initializer: fence.register_intrinsics, pickled by value (cloudpickle)
+    so that workers register tvm_mpq's ops without importing tvm_mpq."""
+    import cloudpickle
 
-    def init():
-        import tvm as _tvm
-        from tvm import tirx as _tirx
+    from . import fence
 
-        try:
-            _tvm.ir.Op.get(fence_op)
-        except Exception:  # noqa: BLE001 - not registered yet in this worker
-            _tvm.ir._ffi_api.RegisterOp(fence_op, "Identity; blocks FP contraction across it")
-            _tvm.ir.register_op_attr(fence_op, "TCallEffectKind", 1)
-            _tvm.ir.register_op_attr(fence_op, "TVectorizable", True)
-
-            def lower(call):
-                return _tirx.call_llvm_pure_intrin(call.ty, "llvm.arithmetic.fence", call.args[0])
-
-            for kind in ("llvm", "default"):
-                _tirx.register_intrin_lowering(fence_op, kind, f=lower, level=99)
-        if not _tvm.ir.Op.get("tirx.nearbyint").get_attr("TVectorizable"):
-            _tvm.ir.register_op_attr("tirx.nearbyint", "TVectorizable", True)
-
-    return init
+    cloudpickle.register_pickle_by_value(fence)
+    return fence.register_intrinsics
 
 
 def _make_build():
@@ -328,7 +312,7 @@ def _measurer(num_workers: int) -> _Measure:
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, LocalRunner
 
     builder = LocalBuilder(
-        max_workers=num_workers, timeout_sec=120.0, f_build=_make_build(), initializer=_make_worker_init(FP_FENCE_OP)
+        max_workers=num_workers, timeout_sec=120.0, f_build=_make_build(), initializer=_worker_init()
     )
     runner = LocalRunner(
         timeout_sec=60.0,
