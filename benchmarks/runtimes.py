@@ -72,6 +72,9 @@ _ap.add_argument("--threads", default="1,2", help="comma-separated thread counts
 _ap.add_argument("--repeat", type=int, default=None, help="timed repeats per row (default 7; --quick 5)")
 _ap.add_argument("--min-ms", type=float, default=None,
                  help="minimum length of one repeat in ms (default 20; --quick 10)")
+_ap.add_argument("--runtimes", default="torch,ort,tvm_mpq",
+                 help="comma-separated runtime families to run (e.g. 'ort' alone, to see it without "
+                      "the other runtimes' thread pools around)")
 _ap.add_argument("--candidates", default="float,w8a8,w16a16,w4a8", help="tvm_mpq uniform configurations")
 _ap.add_argument("--quick", action="store_true", help="5 repeats of >= 10 ms, fewer calibration samples")
 _ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "runtimes.json"),
@@ -593,8 +596,11 @@ def main():
             print(f"  {case.data_note}", flush=True)
             compile_log: dict = {}
             rows = []
-            for make in (lambda: torch_rows(case), lambda: ort_rows(case, Path(tmp)),
-                         lambda: tvm_rows(case, compile_log)):
+            families = {f.strip() for f in ARGS.runtimes.split(",")}
+            makers = [(fam, make) for fam, make in (
+                ("torch", lambda: torch_rows(case)), ("ort", lambda: ort_rows(case, Path(tmp))),
+                ("tvm_mpq", lambda: tvm_rows(case, compile_log))) if fam in families]
+            for _, make in makers:
                 try:
                     rows += make()
                 except Exception as e:  # noqa: BLE001 - never lose the whole run
