@@ -338,7 +338,9 @@ class TiledReduction(CPUScheduleRule):
         return None
 
     # -- the tile shape
-    def _tile(self, v_ext: int, b_ext: int | None, lanes: int, narrow: bool, pairs: bool = False) -> tuple[int, int]:
+    def _tile(
+        self, v_ext: int, b_ext: int | None, lanes: int, narrow: bool, pairs: bool = False, window: bool = False
+    ) -> tuple[int, int]:
         """(vector length, block rows) from a small cost model of one reduction step.
 
         Per row and accumulator register: a multiply and an add (an FMA for float); per row: a
@@ -357,6 +359,11 @@ class TiledReduction(CPUScheduleRule):
         mac, bcast, vload = (2, 4, 2) if narrow else (1, 1, 0.5)
         if pairs:  # vpmaddwd on int16 pairs: broadcasts and vector loads are plain loads
             mac, bcast, vload = (2, 1, 1)
+        elif window and not narrow:
+            # under a kernel window the weights outgrow L1 (3x3 x C_in per output channel) and
+            # each vector load comes from L2: more rows per load pay (3x3 conv 512->512 @7 fp32,
+            # one thread: 7x16 (no spare register) 47, 1x32 27, 7x8 77 GOP/s)
+            vload = 1.5
         options = []
         for vi in vis:
             regs = -(-vi // lanes)
@@ -364,10 +371,16 @@ class TiledReduction(CPUScheduleRule):
                 options.append((1.0, vi, 1))
                 continue
             bmax = max(1, min(self.max_block, (self.registers - 1 - regs) // regs, b_ext))
+            if window and not pairs:
+                # at most 10 accumulators under a kernel window: LLVM interleaves its unrolled
+                # taps and spills beyond that (3x3 conv 128->128 @28 fp32: 6x16 38, 4x16 89 GOP/s)
+                bmax = max(1, min(bmax, 10 // regs))
             # A block axis that fits whole in the registers left without a spare one for the
             # broadcast (7 pixels x 2 registers: LLVM reloads the broadcast instead) beats a
             # ragged block: 160->960 @7x7 fp32 0.40 -> 0.29 ms, 960->320 0.83 -> 0.60 ms.
             whole = b_ext if b_ext <= self.max_block and b_ext * regs <= self.registers - regs else 0
+            if window and not pairs:
+                whole = 0  # under a kernel window LLVM interleaves the unrolled taps: it spills
             extra = {whole} if whole else set()
             if pairs and max(d for d in _divisors(b_ext) if d <= bmax) < 4:
                 # A pair tile must divide the block axis; where that leaves one or two rows
@@ -379,6 +392,8 @@ class TiledReduction(CPUScheduleRule):
             for bf in sorted(set(range(1, bmax + 1)) | extra):
                 if pairs and b_ext % bf:
                     continue  # tensorize does not take the predicate of a ragged tile
+                if window and not pairs and b_ext % bf:
+                    continue  # ragged tiles under a window: 3x3 s2 64->128 @56 fp32 5x16 45, 4x16 85 GOP/s
                 useful = bf * vi * b_ext / (-(-b_ext // bf) * bf)
                 cost = mac * bf * regs + bcast * bf + vload * regs
                 options.append((useful / cost, vi, bf))
@@ -463,7 +478,7 @@ class TiledReduction(CPUScheduleRule):
             sch.transform_layout(rblock, ("write", 0), _permute(perm))
         in_bits = [_dtype_bits(r.source.dtype) for r in sch.get(rblock).reads]
         narrow = "int" in str(block.writes[0].source.dtype) and max(in_bits) < acc_bits
-        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, lanes, narrow)
+        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, lanes, narrow, window=len(ext) - ns > 1)
         depthwise = False
         if b is None and v == ns - 1 and ns >= 2 and ext[ns - 2] > 1 and vi % lanes == 0:
             # No axis the vector operand ignores (depthwise conv): block output rows anyway --
