@@ -26,62 +26,55 @@ def gelu(x: te.Tensor) -> te.Tensor:
     return topi.multiply(x, topi.add(half, topi.multiply(erf, half)))
 
 
-#: Lanes of the partial max / sum of a softmax row (one AVX2 float32 vector).
-SOFTMAX_LANES = 8
+#: Lanes of the partial maxima / sums of a row reduction (one AVX2 float32 vector).
+ROW_LANES = 8
+
+
+def _lane_reduce(values, lead: list, n: int, name: str, reducer=te.sum) -> te.Tensor:
+    """``reducer`` (te.sum / te.max) of ``values(*lead_idx, k)`` over k < n (a multiple of
+    ``ROW_LANES``): partial results over the row's vectors first -- elementwise over contiguous
+    lanes, which the schedules vectorize -- then over the lanes."""
+    lanes = ROW_LANES
+    j = te.reduce_axis((0, n // lanes), name="j")
+    part = te.compute(lead + [lanes], lambda *i: reducer(values(*i[:-1], j * lanes + i[-1]), axis=j), name=f"{name}_part")
+    lane = te.reduce_axis((0, lanes), name="l")
+    return te.compute(lead, lambda *i: reducer(part[(*i, lane)], axis=lane), name=name)
 
 
 def softmax(x: te.Tensor, axis: int) -> te.Tensor:
     """``exp(x - max) / sum(exp(x - max))`` along ``axis`` with TOPI's fast_exp.
 
-    A last axis that splits into vectors is reduced in two steps: ``SOFTMAX_LANES`` partial
-    maxima / sums over the row's vectors (elementwise over contiguous lanes: vector code), then
-    over the lanes. A plain reduction along the row is scheduled with the reduction outside the
-    rows and became a strided scalar loop: 0.64 ms per 12x128x128 attention softmax, 3.8 of
-    MiniLM's 28 ms (w8a8, one thread). The row is normalized by one reciprocal per row."""
+    A last axis that splits into vectors is reduced over vector lanes first (``_lane_reduce``):
+    a plain reduction along the row is scheduled with the reduction outside the rows and became a
+    strided scalar loop -- 0.64 ms per 12x128x128 attention softmax, 3.8 of MiniLM's 28 ms (w8a8,
+    one thread). The row is normalized by one reciprocal per row."""
     ndim = len(x.shape)
     axis = axis % ndim
     n = x.shape[axis]
-    lanes = SOFTMAX_LANES
-    if axis != ndim - 1 or not isinstance(n, tirx.IntImm) or int(n) % lanes or int(n) == lanes:
+    if axis != ndim - 1 or not isinstance(n, tirx.IntImm) or int(n) % ROW_LANES or int(n) == ROW_LANES:
         m = topi.max(x, axis=axis, keepdims=True)
         e = topi.fast_exp(topi.subtract(x, m))
         return topi.divide(e, topi.sum(e, axis=axis, keepdims=True))
-    lead = list(x.shape[:-1])
-    j = te.reduce_axis((0, int(n) // lanes), name="j")
-    part_max = te.compute(lead + [lanes], lambda *i: te.max(x[(*i[:-1], j * lanes + i[-1])], axis=j), name="part_max")
-    l1 = te.reduce_axis((0, lanes), name="l")
-    row_max = te.compute(lead, lambda *i: te.max(part_max[(*i, l1)], axis=l1), name="row_max")
+    lead, n = list(x.shape[:-1]), int(n)
+    row_max = _lane_reduce(lambda *i: x[i], lead, n, "row_max", te.max)
     e = topi.fast_exp(te.compute(x.shape, lambda *i: x[i] - row_max[i[:-1]], name="shifted"))
-    j2 = te.reduce_axis((0, int(n) // lanes), name="j")
-    part_sum = te.compute(lead + [lanes], lambda *i: te.sum(e[(*i[:-1], j2 * lanes + i[-1])], axis=j2), name="part_sum")
-    l2 = te.reduce_axis((0, lanes), name="l")
-    row_sum = te.compute(lead, lambda *i: te.sum(part_sum[(*i, l2)], axis=l2), name="row_sum")
+    row_sum = _lane_reduce(lambda *i: e[i], lead, n, "row_sum")
     inv = te.compute(lead, lambda *i: tirx.const(1.0, x.dtype) / row_sum[i], name="row_inverse")
     return te.compute(x.shape, lambda *i: e[i] * inv[i[:-1]], name="softmax")
 
 
-def _lane_sum(values, lead: list, n: int, lanes: int, name: str) -> te.Tensor:
-    """Sum of ``values(*lead_idx, k)`` over k < n: ``lanes`` partial sums over the row's vectors
-    (contiguous lanes: vector code), then over the lanes."""
-    j = te.reduce_axis((0, n // lanes), name="j")
-    part = te.compute(lead + [lanes], lambda *i: te.sum(values(*i[:-1], j * lanes + i[-1]), axis=j), name=f"{name}_part")
-    lane = te.reduce_axis((0, lanes), name="l")
-    return te.compute(lead, lambda *i: te.sum(part[(*i, lane)], axis=lane), name=name)
-
-
 def layer_norm(x: te.Tensor, gamma: te.Tensor, beta: te.Tensor, epsilon: float) -> te.Tensor:
-    """Layer norm over the last axis (a multiple of ``SOFTMAX_LANES`` long), in two passes --
-    the mean, then the mean of centered squares -- each reduced over vector lanes first. TOPI's
+    """Layer norm over the last axis (a multiple of ``ROW_LANES`` long), in two passes -- the
+    mean, then the mean of centered squares -- each reduced over vector lanes first. TOPI's
     reduction ran as a strided scalar loop: 105 us per 128x384 layer norm, 1.4 ms of MiniLM
     (one thread)."""
     lead = list(x.shape[:-1])
     n = int(x.shape[-1])
-    lanes = SOFTMAX_LANES
     inv_n = tirx.const(1.0 / n, x.dtype)
-    total = _lane_sum(lambda *i: x[i], lead, n, lanes, "row_sum")
+    total = _lane_reduce(lambda *i: x[i], lead, n, "row_sum")
     mean = te.compute(lead, lambda *i: total[i] * inv_n, name="mean")
     centered = te.compute(x.shape, lambda *i: x[i] - mean[i[:-1]], name="centered")
-    squares = _lane_sum(lambda *i: centered[i] * centered[i], lead, n, lanes, "row_squares")
+    squares = _lane_reduce(lambda *i: centered[i] * centered[i], lead, n, "row_squares")
     rstd = te.compute(
         lead, lambda *i: tirx.const(1.0, x.dtype) / te.sqrt(squares[i] * inv_n + tirx.const(epsilon, x.dtype)),
         name="rstd",
@@ -99,7 +92,7 @@ def _legalize_layer_norm(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr
     n = shape[-1] if ndim else None
     if (
         str(x.ty.dtype) != "float32" or axes != [ndim - 1] or not isinstance(n, tirx.IntImm)
-        or int(n) % SOFTMAX_LANES or not (call.attrs.center and call.attrs.scale)
+        or int(n) % ROW_LANES or not (call.attrs.center and call.attrs.scale)
     ):  # fmt: skip
         return call
     return bb.call_te(layer_norm, x, call.args[1], call.args[2], float(call.attrs.epsilon), primfunc_name_hint="layer_norm")
