@@ -72,7 +72,8 @@ _ap.add_argument("--threads", default="1,2", help="comma-separated thread counts
 _ap.add_argument("--repeat", type=int, default=None, help="timed repeats per row (default 7; --quick 5)")
 _ap.add_argument("--min-ms", type=float, default=None,
                  help="minimum length of one repeat in ms (default 20; --quick 10)")
-_ap.add_argument("--runtimes", default="torch,ort,tvm_mpq",
+RUNTIME_FAMILIES = ("torch", "ort", "tvm_mpq")
+_ap.add_argument("--runtimes", default=",".join(RUNTIME_FAMILIES),
                  help="comma-separated runtime families to run (e.g. 'ort' alone, to see it without "
                       "the other runtimes' thread pools around)")
 _ap.add_argument("--candidates", default="float,w8a8,w16a16,w4a8", help="tvm_mpq uniform configurations")
@@ -81,6 +82,7 @@ _ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results
                  help="JSON result path")
 ARGS = _ap.parse_args() if __name__ == "__main__" else _ap.parse_args([])
 THREADS = [int(t) for t in ARGS.threads.split(",")]
+FAMILIES = [f.strip() for f in ARGS.runtimes.split(",") if f.strip()]
 REPEAT = ARGS.repeat or (5 if ARGS.quick else 7)
 MIN_MS = ARGS.min_ms or (10.0 if ARGS.quick else 20.0)
 N_CALIB = 4 if ARGS.quick else 8  # calibration samples (images / sentences), batch 1 each
@@ -563,6 +565,9 @@ def main():
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     keys = [k.strip() for k in ARGS.models.split(",") if k.strip()]
+    bad = [f for f in FAMILIES if f not in RUNTIME_FAMILIES]
+    if bad or not FAMILIES:
+        raise SystemExit(f"--runtimes: unknown {bad or 'empty list'}; use {', '.join(RUNTIME_FAMILIES)}")
     for k in keys:
         if k not in MODEL_TITLES:
             raise SystemExit(f"unknown model {k!r}: use {', '.join(MODEL_TITLES)}")
@@ -596,11 +601,9 @@ def main():
             print(f"  {case.data_note}", flush=True)
             compile_log: dict = {}
             rows = []
-            families = {f.strip() for f in ARGS.runtimes.split(",")}
-            makers = [(fam, make) for fam, make in (
-                ("torch", lambda: torch_rows(case)), ("ort", lambda: ort_rows(case, Path(tmp))),
-                ("tvm_mpq", lambda: tvm_rows(case, compile_log))) if fam in families]
-            for _, make in makers:
+            makers = {"torch": lambda: torch_rows(case), "ort": lambda: ort_rows(case, Path(tmp)),
+                      "tvm_mpq": lambda: tvm_rows(case, compile_log)}
+            for make in (makers[f] for f in FAMILIES):
                 try:
                     rows += make()
                 except Exception as e:  # noqa: BLE001 - never lose the whole run
