@@ -423,13 +423,14 @@ MATMUL_CASES = [
 ]
 
 
-def test_activation_matmul_bit_exact():
-    rng = np.random.default_rng(31)
+def _run_activation_matmul_cases(rng, specs):
+    """Centered activation x activation matmuls, one module for all ``specs`` ((a shape, b shape,
+    (a dtype, a zero point), (b dtype, b zero point))), each checked bit for bit against numpy.
+    Returns (accumulator dtypes, module)."""
     params, prepared, inputs = [], [], []
-    for j, (ash, bsh, (da, za), (db, zb)) in enumerate(MATMUL_CASES):
+    for j, (ash, bsh, (da, za), (db, zb)) in enumerate(specs):
         a, b = _rand_act(rng, ash, da), _rand_act(rng, bsh, db)
-        k = ash[-1]
-        acc = iops.accumulator_dtype(_act_max_abs(da, za), k * _act_max_abs(db, zb))
+        acc = iops.accumulator_dtype(_act_max_abs(da, za), ash[-1] * _act_max_abs(db, zb))
         params += [_tensor_var(f"a{j}", ash, da), _tensor_var(f"b{j}", bsh, db)]
         prepared.append((za, zb, acc))
         inputs += [a, b]
@@ -442,13 +443,16 @@ def test_activation_matmul_bit_exact():
             outs.append(bb.emit(relax.op.matmul(ca, cb, out_dtype=acc)))
         return outs
 
-    got, _ = _build_run(params, body, inputs)
-    seen = set()
+    got, mod = _build_run(params, body, inputs)
     for j, (g, (za, zb, acc)) in enumerate(zip(got, prepared)):
         ref = ref_matmul(inputs[2 * j], inputs[2 * j + 1], za, zb)
-        seen.add(acc)
-        _assert_exact(g, ref, acc, f"matmul case {j} {MATMUL_CASES[j]}")
-    assert seen == {"int32", "int64"}
+        _assert_exact(g, ref, acc, f"matmul case {j} {specs[j]}")
+    return [p[2] for p in prepared], mod
+
+
+def test_activation_matmul_bit_exact():
+    accs, _ = _run_activation_matmul_cases(np.random.default_rng(31), MATMUL_CASES)
+    assert set(accs) == {"int32", "int64"}
 
 
 def test_activation_matmul_int64_beyond_int32():

@@ -22,6 +22,7 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from test_integer_kernels import (
     _act_max_abs,
+    _run_activation_matmul_cases,
     _assert_exact,
     _build_run,
     _conv_attrs,
@@ -249,58 +250,20 @@ def test_dense_vpmaddwd_path_bit_exact(bits, act):
 def test_batched_activation_matmul_vpmaddwd_path_bit_exact():
     """Centered a8 x a8 / a16 x a8 attention-style matmuls with even K (int32 accumulators): the
     centering cast itself writes the int16 pair layout."""
-    rng = np.random.default_rng(12)
     specs = [((2, 3, 5, 38), (2, 3, 38, 16), ("uint8", 37), ("uint8", 201)),
              ((2, 16, 30), (2, 30, 13), ("uint8", 0), ("uint8", 128)),
              ((3, 9, 22), (3, 22, 24), ("int16", 0), ("uint8", 37))]  # fmt: skip
-    params, prepared, inputs = [], [], []
-    for j, (ash, bsh, (da, za), (db, zb)) in enumerate(specs):
-        a, b = _rand_act(rng, ash, da), _rand_act(rng, bsh, db)
-        acc = iops.accumulator_dtype(_act_max_abs(da, za), ash[-1] * _act_max_abs(db, zb))
-        assert acc == "int32"
-        params += [_tensor_var(f"a{j}", ash, da), _tensor_var(f"b{j}", bsh, db)]
-        prepared.append((za, zb, acc))
-        inputs += [a, b]
-
-    def body(bb):
-        outs = []
-        for j, (za, zb, acc) in enumerate(prepared):
-            ca = iops.emit_centered(bb, params[2 * j], za)
-            cb = iops.emit_centered(bb, params[2 * j + 1], zb)
-            outs.append(bb.emit(relax.op.matmul(ca, cb, out_dtype=acc)))
-        return outs
-
-    got, mod = _build_run(params, body, inputs)
-    for j, (g, (za, zb, acc)) in enumerate(zip(got, prepared)):
-        _assert_exact(g, ref_matmul(inputs[2 * j], inputs[2 * j + 1], za, zb), acc, f"matmul {specs[j]}")
+    accs, mod = _run_activation_matmul_cases(np.random.default_rng(12), specs)
+    assert set(accs) == {"int32"}
     _assert_templated(mod, len(specs), pairs=True)
 
 
 def test_batched_activation_matmul_templates_bit_exact():
     """a8 x a8 and a16 x a16 batched matmuls (attention), rows of 16 and of 5 / 13 columns."""
-    rng = np.random.default_rng(11)
     specs = [((2, 3, 5, 37), (2, 3, 37, 16), ("uint8", 37), ("uint8", 201)),
              ((2, 16, 29), (2, 29, 13), ("uint8", 0), ("uint8", 128)),
              ((3, 8, 19), (3, 19, 5), ("int16", 0), ("int16", 0))]  # fmt: skip
-    params, prepared, inputs = [], [], []
-    for j, (ash, bsh, (da, za), (db, zb)) in enumerate(specs):
-        a, b = _rand_act(rng, ash, da), _rand_act(rng, bsh, db)
-        acc = iops.accumulator_dtype(_act_max_abs(da, za), ash[-1] * _act_max_abs(db, zb))
-        params += [_tensor_var(f"a{j}", ash, da), _tensor_var(f"b{j}", bsh, db)]
-        prepared.append((za, zb, acc))
-        inputs += [a, b]
-
-    def body(bb):
-        outs = []
-        for j, (za, zb, acc) in enumerate(prepared):
-            ca = iops.emit_centered(bb, params[2 * j], za)
-            cb = iops.emit_centered(bb, params[2 * j + 1], zb)
-            outs.append(bb.emit(relax.op.matmul(ca, cb, out_dtype=acc)))
-        return outs
-
-    got, mod = _build_run(params, body, inputs)
-    for j, (g, (za, zb, acc)) in enumerate(zip(got, prepared)):
-        _assert_exact(g, ref_matmul(inputs[2 * j], inputs[2 * j + 1], za, zb), acc, f"matmul {specs[j]}")
+    _, mod = _run_activation_matmul_cases(np.random.default_rng(11), specs)
     _assert_templated(mod, len(specs))
 
 
