@@ -405,28 +405,37 @@ class TiledReduction(CPUScheduleRule):
         best = max((o for o in options if o[0] >= 0.9 * top), key=lambda o: (o[2] * -(-o[1] // lanes), o[2], o[0]))
         return best[1], best[2]
 
-    def _schedule(self, sch, infos, ridx) -> bool:
-        rinfo = infos[ridx]
-        rblock = rinfo.block_rv
+    @staticmethod
+    def _axes(sch, rinfo):
+        """(ns, ext, svars, out_idx, out_dim) of a reduction block with its ``ns`` spatial axes
+        first, constant extents and one output indexed by the spatial axes in order; None for
+        any other block. ``out_dim``: the output dimension of each spatial axis
+        (normalize_prim_func drops unit axes, whose output index is then a constant)."""
         kinds = rinfo.dom_kind()
         ns = len(kinds) - len(kinds.lstrip("S"))
         if ns == 0 or "S" in kinds[ns:]:
-            return False
-        iters = rinfo.iters
-        ext = [_int(it.dom) for it in iters]
-        if any(e is None for e in ext) or len(sch.get_loops(rblock)) != len(kinds):
-            return False
-        svars = [it.var for it in iters[:ns]]
-
-        block = sch.get(rblock)
+            return None
+        ext = [_int(it.dom) for it in rinfo.iters]
+        if any(e is None for e in ext) or len(sch.get_loops(rinfo.block_rv)) != len(kinds):
+            return None
+        svars = [it.var for it in rinfo.iters[:ns]]
+        block = sch.get(rinfo.block_rv)
         if len(block.writes) != 1:
-            return False
-        # Output dimension of each spatial axis (normalize_prim_func drops unit axes, whose
-        # output index is then a constant).
+            return None
         out_idx = [r.min for r in block.writes[0].region]
         out_dim = [d for d, e in enumerate(out_idx) if _int(e) is None]
         if len(out_dim) != ns or any(not out_idx[d].same_as(v) for d, v in zip(out_dim, svars)):
-            return False  # the output is not indexed by the spatial axes in order
+            return None
+        return ns, ext, svars, out_idx, out_dim
+
+    def _schedule(self, sch, infos, ridx) -> bool:
+        rinfo = infos[ridx]
+        rblock = rinfo.block_rv
+        axes = self._axes(sch, rinfo)
+        if axes is None:
+            return False
+        ns, ext, svars, out_idx, out_dim = axes
+        block = sch.get(rblock)
         acc_bits = _dtype_bits(block.writes[0].source.dtype)
         lanes = max(1, self.vector_lanes * 32 // acc_bits)
 
@@ -564,24 +573,16 @@ class TiledReduction(CPUScheduleRule):
         path then schedules it)."""
         rinfo = infos[ridx]
         rblock = rinfo.block_rv
-        kinds = rinfo.dom_kind()
-        ns = len(kinds) - len(kinds.lstrip("S"))
-        if ns == 0 or "S" in kinds[ns:]:
+        axes = self._axes(sch, rinfo)
+        if axes is None:
             return False
+        ns, ext, svars, out_idx, out_dim = axes
         iters = rinfo.iters
-        ext = [_int(it.dom) for it in iters]
-        if any(e is None for e in ext) or len(sch.get_loops(rblock)) != len(kinds):
-            return False
-        svars = [it.var for it in iters[:ns]]
         block = sch.get(rblock)
-        acc = str(block.writes[0].source.dtype) if len(block.writes) == 1 else ""
+        acc = str(block.writes[0].source.dtype)
         if acc not in ("int32", "int64"):
             return False
         out_buf = block.writes[0].source
-        out_idx = [r.min for r in block.writes[0].region]
-        out_dim = [d for d, e in enumerate(out_idx) if _int(e) is None]
-        if len(out_dim) != ns or any(not out_idx[d].same_as(v) for d, v in zip(out_dim, svars)):
-            return False
 
         # Producers: pure data movement is inlined; a producer that computes the operand (a pad
         # with borders, a centering cast, the int4 weight unpack) becomes its layout stage -- the
