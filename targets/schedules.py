@@ -28,9 +28,12 @@ batched matmul, float or integer, with their fused epilogues:
   without the shuffles narrow broadcasts cost;
 - the epilogue runs on the tile right after its reduction (``reverse_compute_at``), so the
   accumulator never leaves the registers / L1 and no intermediate is written;
-- outer loops are fused and parallelized. The reduction loops keep their order (the pair path adds
-  adjacent pairs first; integer sums, exact either way), so float results are summed in the same
-  order as before.
+- weights read along the vector axis are blocked by the tile's vector length at compile time
+  (``[o / vi, ..., o % vi]``), so a tile streams contiguous weights, and the tile loop of the larger
+  operand runs outermost, so its slice stays in cache while the smaller one is re-read;
+- outer loops are fused and parallelized. Float reductions keep their order, so float results are
+  summed in the same order as before; the pair path puts a conv's input-channel pairs innermost
+  (integer sums: exact in any order).
 
 ``InlinedElementwise`` -- functions without a reduction: the chain is inlined into its last block,
 which is then parallelized and vectorized (one pass over memory instead of one per op).
@@ -118,19 +121,26 @@ def fence_products(expr):
     return map_expr(expr, fn)
 
 
-def _rewrite_block(sch: s_tir.Schedule, block_rv, fn) -> None:
-    """Replace a block's stored value by ``map_expr(value, fn)`` (its init, if any, is kept)."""
+def replace_stored_value(sch: s_tir.Schedule, block_rv, value) -> None:
+    """Replace the value a single-store block stores (its init, if any, is kept)."""
     block = sch.get(block_rv)
     store = block.body
     if not isinstance(store, tirx.BufferStore):
         raise ValueError("not a single-store block")
-    value = map_expr(store.value, fn)
     new = s_tir.SBlock(
         block.iter_vars, block.reads, block.writes, block.name_hint,
         tirx.BufferStore(store.buffer, value, store.indices), block.init, block.alloc_buffers,
         block.match_buffers, block.annotations,
     )  # fmt: skip
     sch.state.replace(sch.get_sref(block_rv), new, {block: new})
+
+
+def _rewrite_block(sch: s_tir.Schedule, block_rv, fn) -> None:
+    """Replace a block's stored value by ``map_expr(value, fn)``."""
+    store = sch.get(block_rv).body
+    if not isinstance(store, tirx.BufferStore):
+        raise ValueError("not a single-store block")
+    replace_stored_value(sch, block_rv, map_expr(store.value, fn))
 
 
 def _fence_block(sch: s_tir.Schedule, block_rv) -> None:
@@ -349,7 +359,16 @@ class TiledReduction(CPUScheduleRule):
         of the vector operand: a load (plus an extend for narrow integers). Vectors of one to four
         whole registers (odd lengths make LLVM spill); accumulators, the vector operand and a
         broadcast within the 16 registers; ragged tiles count their wasted rows. ``narrow``: the
-        operands are integers narrower than the accumulator."""
+        operands are integers narrower than the accumulator.
+
+        ``TVM_MPQ_TILE=bf,vi`` overrides the choice for every kernel (to reproduce the tile
+        comparisons quoted below, e.g. ``TVM_MPQ_TILE=4,16 .venv/bin/python benchmarks/kernels.py
+        --no-e2e --threads 1 --dtypes fp32 --only "512->512"``); a pair tile that does not divide
+        its block axis falls back to the regular path."""
+        forced = os.environ.get("TVM_MPQ_TILE")
+        if forced:
+            bf, vi = (int(t) for t in forced.split(","))
+            return vi, bf
         if v_ext % lanes:
             vis = [v_ext]  # one odd-length vector (depthwise rows of 7, 14, 28 pixels)
         else:
@@ -362,7 +381,7 @@ class TiledReduction(CPUScheduleRule):
         elif window and not narrow:
             # under a kernel window the weights outgrow L1 (3x3 x C_in per output channel) and
             # each vector load comes from L2: more rows per load pay (3x3 conv 512->512 @7 fp32,
-            # one thread: 7x16 (no spare register) 47, 1x32 27, 7x8 77 GOP/s)
+            # one thread: 1x32 32, 7x8 81 GOP/s)
             vload = 1.5
         options = []
         for vi in vis:
@@ -379,17 +398,14 @@ class TiledReduction(CPUScheduleRule):
             # broadcast (7 pixels x 2 registers: LLVM reloads the broadcast instead) beats a
             # ragged block: 160->960 @7x7 fp32 0.40 -> 0.29 ms, 960->320 0.83 -> 0.60 ms.
             whole = b_ext if b_ext <= self.max_block and b_ext * regs <= self.registers - regs else 0
-            if window and not pairs:
-                whole = 0  # under a kernel window LLVM interleaves the unrolled taps: it spills
-            extra = {whole} if whole else set()
-            if pairs and max(d for d in _divisors(b_ext) if d <= bmax) < 4:
-                # A pair tile must divide the block axis; where that leaves one or two rows
-                # (14 pixels: 1, 2, 7), each weight load -- from L2 once the weights outgrow L1 --
-                # feeds too few multiply-adds: take a divisor that fills the registers instead,
-                # one broadcast spill and all (3x3 conv 256->256 @14 int8, one thread: 2x32 84 ->
-                # 7x16 105-111 GOP/s; at 28 pixels 4x16 stays: 7x16 measured 12% slower there).
-                extra |= {d for d in _divisors(b_ext) if d <= self.max_block and (d + 1) * regs <= self.registers}
-            for bf in sorted(set(range(1, bmax + 1)) | extra):
+            if pairs or window:
+                # ... but not for vpmaddwd tiles (the broadcast needs a register of its own) nor
+                # under a kernel window (LLVM interleaves the unrolled taps): they spill. With
+                # weights blocked per tile, one thread: int8 3x3 conv 512->512 @7 7x16 117 ->
+                # 7x8 144 GOP/s, 256->256 @14 7x16 118 -> 2x32 141; fp32 512->512 @7 7x16 53 ->
+                # 7x8 81
+                whole = 0
+            for bf in sorted(set(range(1, bmax + 1)) | ({whole} if whole else set())):
                 if pairs and b_ext % bf:
                     continue  # tensorize does not take the predicate of a ragged tile
                 if window and not pairs and b_ext % bf:

@@ -53,7 +53,7 @@ from tvm import s_tir, tirx
 
 from tvm_mpq.errors import ConfigError, TargetError
 
-from .schedules import _fence, _is_float, fence_products
+from .schedules import _fence, _is_float, fence_products, replace_stored_value
 
 __all__ = [
     "DEFAULT_TRIALS",
@@ -162,12 +162,7 @@ def fence_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
         value = _fenced_value(store.value)
         if value.same_as(store.value):
             continue
-        new = s_tir.SBlock(
-            block.iter_vars, block.reads, block.writes, block.name_hint,
-            tirx.BufferStore(store.buffer, value, store.indices), block.init, block.alloc_buffers,
-            block.match_buffers, block.annotations,
-        )  # fmt: skip
-        sch.state.replace(sch.get_sref(rv), new, {block: new})
+        replace_stored_value(sch, rv, value)
         changed = True
     return func.with_body(sch.mod["main"].body) if changed else func
 
