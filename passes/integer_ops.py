@@ -39,13 +39,19 @@ def exact_in_float32(max_abs_input: int, weight_abs_sum_max: int) -> bool:
 
 
 def float_conv_pays(weight_shape, groups: int) -> bool:
-    """8-bit convs that run faster as exact float32 arithmetic on AVX2: regular convs with an odd
-    input channel count (an RGB stem), whose reduction offers no even axis for the int16-pair
-    (``vpmaddwd``) kernels, so that the integer kernel widens every operand to int32 and multiplies
-    with ``vpmulld`` at half the float FMA rate (MobileNetV2's stem: 0.69 -> 0.46 ms, one thread).
-    Depthwise convs were measured too and are left integer: stride 1 gained 0-30%, stride 2 lost
-    up to 2x in the whole module."""
-    return groups == 1 and int(weight_shape[1]) % 2 == 1
+    """8-bit convs that run faster as exact float32 arithmetic on AVX2:
+
+    - regular convs with an odd input channel count (an RGB stem), whose reduction offers no even
+      axis for the int16-pair (``vpmaddwd``) kernels, so that the integer kernel widens every
+      operand to int32 and multiplies with ``vpmulld`` at half the float FMA rate (MobileNetV2's
+      stem: 0.69 -> 0.46 ms, one thread);
+    - depthwise convs: nine taps per output and no shared axis, so no pairs either; as float32
+      they get the per-channel-plane template (targets/depthwise.py) with one FMA per 8
+      multiply-adds (MobileNetV2's 17 depthwise layers: 2.93 -> 2.1 ms, one thread,
+      benchmarks/profile_model.py).
+    """
+    depthwise = groups > 1 and int(weight_shape[1]) == 1
+    return depthwise or (groups == 1 and int(weight_shape[1]) % 2 == 1)
 
 
 def emit_quantize(bb, x, scale: float, zero_point: int, qmin: int, qmax: int, dtype: str):
@@ -102,7 +108,9 @@ def emit_conv2d(
     ``weight`` is an int8/int16 OIHW constant, or for 4 bits a uint8 ``[O, ceil(I*KH*KW/2)]``
     packed constant of the OIHW weight flattened per output channel. With ``float_weight`` (the
     integer weight values as float32, given only where ``exact_in_float32`` holds) the sum is
-    computed in float32 -- exactly -- and cast back to ``acc_dtype``.
+    computed in float32 -- exactly -- and cast back to ``acc_dtype`` (``"float32"``: kept as is;
+    ``emit_zero_point_correction`` with ``"float32"`` then stays exact too, its terms being below
+    the same bound).
     """
     pad = [int(p) for p in attrs.padding]
     strides = [int(s) for s in attrs.strides]
@@ -130,6 +138,8 @@ def emit_conv2d(
             return topi.nn.group_conv2d_nchw(xf, w, strides, 0, dilation, groups, "float32")
 
         accf = bb.emit_te(conv_float_te, xq, fw, primfunc_name_hint="conv2d_exact_float")
+        if acc_dtype == "float32":
+            return accf  # the exact sums themselves: a rescale needs no float -> int -> float trip
         return bb.emit(relax.op.astype(accf, acc_dtype))
     if zero_point and any(pad):
         # Pad with the zero point: the padded region then means real 0.0, like the float model.

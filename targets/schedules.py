@@ -2,8 +2,9 @@
 
 TVM 0.27's CPU pipeline legalizes and fuses but applies no schedule: every kernel is a serial
 scalar loop nest, and every op of a fused PrimFunc (conv, zero-point subtract, cast, rescale, bias,
-clip, requantize) is its own loop nest writing a full-size intermediate buffer. Three dlight rules,
-tried in this order (``rules()``):
+clip, requantize) is its own loop nest writing a full-size intermediate buffer. Four dlight rules,
+tried in this order (``rules()``): ``DepthwiseConv`` (float32 depthwise convs, one channel plane at
+a time: targets/depthwise.py), then the three below.
 
 ``TiledReduction`` -- conv2d (regular, pointwise, depthwise, grouped, strided), dense / matmul and
 batched matmul, float or integer, with their fused epilogues:
@@ -1116,4 +1117,9 @@ def _log(rule, func, sch):
 
 def rules(vector_lanes: int = 8) -> list[CPUScheduleRule]:
     """The rules in the order tvm_mpq's pipeline tries them."""
-    return [TiledReduction(vector_lanes), InlinedElementwise(vector_lanes), ParallelVectorize(vector_lanes)]
+    from .depthwise import DepthwiseConv  # it builds on this module's helpers
+
+    return [
+        DepthwiseConv(vector_lanes), TiledReduction(vector_lanes), InlinedElementwise(vector_lanes),
+        ParallelVectorize(vector_lanes),
+    ]  # fmt: skip

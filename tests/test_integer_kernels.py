@@ -87,7 +87,7 @@ def _build_run(params, emit_outputs, inputs):
 def _assert_exact(got: np.ndarray, ref: np.ndarray, acc_dtype: str, what: str):
     assert got.dtype == np.dtype(acc_dtype), f"{what}: dtype {got.dtype}, expected {acc_dtype}"
     assert got.shape == ref.shape, f"{what}: shape {got.shape}, expected {ref.shape}"
-    diff = np.flatnonzero(got.astype(np.int64) != ref)
+    diff = np.flatnonzero(got != ref)  # float32 sums: compared as values, not truncated
     if diff.size:
         i = diff[0]
         raise AssertionError(
@@ -101,12 +101,13 @@ def _assert_exact(got: np.ndarray, ref: np.ndarray, acc_dtype: str, what: str):
 # ---------------------------------------------------------------------------------------------
 
 
-def ref_conv2d(x, w, zp, strides, padding, dilation, groups) -> np.ndarray:
-    """Direct NCHW/OIHW convolution of ``x - zp`` (zero padded) in int64.
+def ref_conv2d(x, w, zp, strides, padding, dilation, groups, dtype=np.int64) -> np.ndarray:
+    """Direct NCHW/OIHW convolution of ``x - zp`` (zero padded) in int64 (``dtype``: float64 for
+    float convs).
 
     ``padding`` is (top, left, bottom, right), as Relax orders it.
     """
-    xc = x.astype(np.int64) - np.int64(zp)
+    xc = x.astype(dtype) - dtype(zp)
     top, left, bottom, right = padding
     xp = np.pad(xc, ((0, 0), (0, 0), (top, bottom), (left, right)))
     n, c, h, wd = xp.shape
@@ -117,8 +118,8 @@ def ref_conv2d(x, w, zp, strides, padding, dilation, groups) -> np.ndarray:
     oh = (h - dh * (kh - 1) - 1) // sh + 1
     ow = (wd - dw * (kw - 1) - 1) // sw + 1
     og = o // groups
-    w64 = w.astype(np.int64)
-    out = np.zeros((n, o, oh, ow), dtype=np.int64)
+    w64 = w.astype(dtype)
+    out = np.zeros((n, o, oh, ow), dtype=dtype)
     for g in range(groups):
         xs = xp[:, g * i:(g + 1) * i]
         for a in range(kh):
@@ -197,14 +198,17 @@ def _weight_const(w_oihw: np.ndarray, bits: int):
     return relax.const(w_oihw.astype(dtype), dtype)
 
 
-def _run_conv_cases(cases, bits, act_dtype, zp, attrs_kind="relax", as_float=False):
+def _run_conv_cases(cases, bits, act_dtype, zp, attrs_kind="relax", as_float=False, float_sums=False):
     """cases: list of (name, x, w, strides, padding, dilation, groups). Returns [(name, got, ref, acc)].
-    ``as_float``: the exact-float32 form of the conv (emit_conv2d's ``float_weight``)."""
+    ``as_float``: the exact-float32 form of the conv (emit_conv2d's ``float_weight``); with
+    ``float_sums`` its sums stay float32 (as realize.py asks for them)."""
     params, prepared = [], []
     for j, (name, x, w, strides, padding, dilation, groups) in enumerate(cases):
         o = w.shape[0]
         w2d = w.reshape(o, -1)
         acc = iops.accumulator_dtype(_act_max_abs(act_dtype, zp), int(np.abs(w2d).sum(1).max()))
+        if float_sums:
+            acc = "float32"
         params.append(_tensor_var(f"xq{j}", x.shape, act_dtype))
         attrs = _conv_attrs(strides, padding, dilation, groups, attrs_kind)
         prepared.append((name, w, w2d, acc, attrs))
@@ -254,15 +258,18 @@ def test_conv2d_exact_float_path_bit_exact(bits, act):
         w = _rand_weight(rng, (o, xshape[1] // groups, kh, kw), bits)
         assert iops.exact_in_float32(255, int(np.abs(w.reshape(o, -1)).sum(1).max()))
         cases.append((name, x, w, strides, padding, dilation, groups))
-    for name, got, ref, acc in _run_conv_cases(cases, bits, act_dtype, zp, as_float=True):
-        _assert_exact(got, ref, acc, f"conv2d (exact float) {name} w{bits} {act}")
+    for float_sums in (False, True):
+        for name, got, ref, acc in _run_conv_cases(cases, bits, act_dtype, zp, as_float=True, float_sums=float_sums):
+            _assert_exact(got, ref, acc, f"conv2d (exact float, float sums {float_sums}) {name} w{bits} {act}")
 
 
 def test_exact_in_float32_bound():
     assert iops.exact_in_float32(255, 65793)  # 255 * 65793 = 2**24 - 1
     assert not iops.exact_in_float32(255, 65794)
     assert iops.float_conv_pays((32, 3, 3, 3), groups=1)  # an RGB stem
-    assert not iops.float_conv_pays((32, 1, 3, 3), groups=32)  # depthwise: integer
+    assert iops.float_conv_pays((32, 1, 3, 3), groups=32)  # depthwise: the plane template
+    assert iops.float_conv_pays((64, 1, 3, 3), groups=32)  # depthwise, channel multiplier 2
+    assert not iops.float_conv_pays((32, 2, 3, 3), groups=16)  # grouped, even: pairs
     assert not iops.float_conv_pays((32, 16, 1, 1), groups=1)  # even: the vpmaddwd pair kernels
 
 

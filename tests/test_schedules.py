@@ -36,6 +36,7 @@ from test_integer_kernels import (
 from tvm_mpq.passes import integer_ops as iops
 from tvm_mpq.quant_math import pack_int4
 from tvm_mpq.targets import host_target
+from tvm_mpq.targets.depthwise import DepthwiseConv
 from tvm_mpq.targets.schedules import InlinedElementwise, TiledReduction, fence_products
 
 LANES = 8
@@ -173,6 +174,87 @@ def test_conv2d_templates_bit_exact(bits, act):
     _assert_templated(mod, len(cases))
     if bits == 16 and act_dtype == "int16":
         assert {p[2] for p in prepared} == {"int64"}  # int64 accumulators, in every tiling
+
+
+# Depthwise convs for DepthwiseConv (targets/depthwise.py): rows of 7 / 14 / 28 pixels (one odd
+# vector) and whole vectors with a row block that divides 9 rows, stride 2, no padding, a 5x3
+# kernel with asymmetric padding, a channel multiplier of 2. Stride 2 with an odd padded width is
+# declined (it goes to TiledReduction): DEPTHWISE_DECLINED.
+DEPTHWISE_CASES = [
+    ("dw_w7", (1, 11, 9, 7), 11, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 11),
+    ("dw_w14_rows5", (1, 3, 5, 14), 3, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 3),
+    ("dw_w28", (1, 2, 3, 28), 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    ("dw_w16_rows9", (1, 5, 9, 16), 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 5),
+    ("dw_strided", (1, 7, 9, 26), 7, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 7),
+    ("dw_nopad", (1, 4, 10, 18), 4, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 4),
+    ("dw_asym_pad_5x3", (1, 9, 6, 10), 9, (5, 3), (1, 1), (2, 0, 1, 1), (1, 1), 9),
+    ("dw_mult2_strided", (1, 6, 7, 16), 12, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 6),
+]
+DEPTHWISE_DECLINED = [("dw_strided_odd_pitch", (1, 5, 8, 11), 5, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 5)]
+
+
+def _assert_depthwise_templated(mod: tvm.IRModule, expect: int):
+    """DepthwiseConv schedules every reduction kernel of ``mod`` but those of DEPTHWISE_DECLINED
+    (told apart by their input shape), which TiledReduction schedules."""
+    target = host_target().target
+    declined = {tuple(case[1]) for case in DEPTHWISE_DECLINED}
+    funcs = [f for f in _fused_primfuncs(mod) if _has_reduction(f)]
+    assert len(funcs) == expect, [str(f.ty) for f in funcs]
+    for f in funcs:
+        sch = DepthwiseConv(LANES).apply(f, target, False)
+        if tuple(int(d) for d in f.ty.params[0].shape) not in declined:
+            assert sch is not None, f"fell back: {f.ty}"
+        else:
+            assert sch is None and TiledReduction(LANES).apply(f, target, False) is not None, f.ty
+
+
+@pytest.mark.parametrize("bits,zp", [(8, 37), (4, 201)])
+def test_depthwise_plane_template_exact_float_bit_exact(bits, zp):
+    """8-bit depthwise convs as realize.py emits them (exact float32 sums, zero-point padded)."""
+    rng = np.random.default_rng(5 * bits + zp)
+    params, cases = [], []
+    for j, (name, xshape, o, (kh, kw), strides, padding, dilation, groups) in enumerate(DEPTHWISE_CASES + DEPTHWISE_DECLINED):
+        x = _rand_act(rng, xshape, "uint8")
+        w = _rand_weight(rng, (o, xshape[1] // groups, kh, kw), bits)
+        params.append(_tensor_var(f"xq{j}", xshape, "uint8"))
+        cases.append((name, x, w, strides, padding, dilation, groups))
+
+    def body(bb):
+        outs = []
+        for xv, (_, x, w, strides, padding, dilation, groups) in zip(params, cases):
+            attrs = _conv_attrs(strides, padding, dilation, groups, "relax")
+            y = iops.emit_conv2d(bb, xv, _weight_const(w, bits), attrs, zp, bits, w.shape, "int32",
+                                 float_weight=w.astype("float32"))  # fmt: skip
+            outs.append(iops.emit_zero_point_correction(bb, y, zp, w.reshape(len(w), -1).sum(1), (1, len(w), 1, 1), "int32"))
+        return outs
+
+    got, mod = _build_run(params, body, [c[1] for c in cases])
+    for g, (name, x, w, strides, padding, dilation, groups) in zip(got, cases):
+        _assert_exact(g, ref_conv2d(x, w, zp, strides, padding, dilation, groups), "int32", f"{name} w{bits}")
+    _assert_depthwise_templated(mod, len(cases))
+
+
+def test_depthwise_plane_template_float():
+    """Float depthwise convs (a float model's) against a float64 numpy reference."""
+    rng = np.random.default_rng(3)
+    params, cases = [], []
+    for j, (name, xshape, o, (kh, kw), strides, padding, dilation, groups) in enumerate(DEPTHWISE_CASES + DEPTHWISE_DECLINED):
+        x = rng.normal(size=xshape).astype("float32")
+        w = rng.normal(size=(o, xshape[1] // groups, kh, kw)).astype("float32")
+        params.append(_tensor_var(f"x{j}", xshape, "float32"))
+        cases.append((name, x, w, strides, padding, dilation, groups))
+
+    def body(bb):
+        return [
+            bb.emit(relax.op.nn.conv2d(xv, relax.const(w), strides=s, padding=p, dilation=d, groups=g))
+            for xv, (_, _, w, s, p, d, g) in zip(params, cases)
+        ]
+
+    got, mod = _build_run(params, body, [c[1] for c in cases])
+    for g, (name, x, w, strides, padding, dilation, groups) in zip(got, cases):
+        ref = ref_conv2d(x, w, 0, strides, padding, dilation, groups, dtype=np.float64)
+        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5, err_msg=name)
+    _assert_depthwise_templated(mod, len(cases))
 
 
 # ---------------------------------------------------------------------------------------------
