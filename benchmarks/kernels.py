@@ -157,8 +157,12 @@ def build_kernel(kind, spec, dtype, rng):
                 else:
                     wq = rng.integers(-127, 128, size=wshape)
                     attrs = type("A", (), {"padding": pad, "strides": [s, s], "dilation": [1, 1], "groups": g})
-                    acc = iops.emit_conv2d(bb, x, relax.const(wq.astype("int8")), attrs, zp, 8, wshape, "int32")
-                    acc = iops.emit_zero_point_correction(bb, acc, zp, wq.reshape(o, -1).sum(1), (1, o, 1, 1), "int32")
+                    # as realize.py emits it: exact float32 sums where that runs faster (an RGB
+                    # stem, depthwise convs: integer_ops.float_conv_pays), else integer
+                    as_float = dtype == "int8" and iops.float_conv_pays(wshape, g)
+                    fw, sums = (wq.astype("float32"), "float32") if as_float else (None, "int32")
+                    acc = iops.emit_conv2d(bb, x, relax.const(wq.astype("int8")), attrs, zp, 8, wshape, sums, float_weight=fw)
+                    acc = iops.emit_zero_point_correction(bb, acc, zp, wq.reshape(o, -1).sum(1), (1, o, 1, 1), sums)
                 out = bb.emit_output(epilogue(acc, o, (1, o, 1, 1)))
             bb.emit_func_output(out)
         return bb.get(), [xin]
