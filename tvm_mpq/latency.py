@@ -326,15 +326,16 @@ def _attrs_dict(call) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def pipeline_digest() -> str:
-    """Digest of the compilation pipeline's source (tvm_mpq.targets.pipeline and .schedules) and
-    the TVM version: part of every signature, so new schedules never reuse old timings."""
+    """Digest of the compilation pipeline's source (tvm_mpq.targets: the pipeline, the schedule
+    rules, fast math, the x86 intrinsics; tvm_mpq.passes.integer_ops: the kernels realize emits)
+    and the TVM version: part of every signature, so new schedules never reuse old timings."""
     import inspect
 
-    from tvm_mpq.targets import pipeline as _pipeline
-    from tvm_mpq.targets import schedules as _schedules
+    from tvm_mpq.passes import integer_ops
+    from tvm_mpq.targets import depthwise, fast_math, pipeline, schedules, x86
 
     h = hashlib.sha256(tvm.__version__.encode())
-    for m in (_pipeline, _schedules):
+    for m in (pipeline, schedules, depthwise, fast_math, x86, integer_ops):
         h.update(inspect.getsource(m).encode())
     return h.hexdigest()[:16]
 
