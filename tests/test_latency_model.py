@@ -180,6 +180,12 @@ def test_tile_and_arithmetic_features():
     f = features(conv_spec(64, 64, 14, 3, 1, 64, "w8a8"), host_target())
     assert f["kind_depthwise"] == 1 and f["vec_ragged"] == 1 and f["vec_waste"] == pytest.approx(16 / 14)
     assert f["pair_path"] == 0 and f["eff_macs"] > f["macs"]
+    # ... at 8 bits realized as exact float32 sums, tiled like targets/depthwise.py: the whole
+    # 14-pixel row, 2 rows (4 accumulators); w16a16 stays integer
+    assert f["int_as_float"] == 1 and (f["tile_vi"], f["tile_bf"]) == (14, 2)
+    f = features(conv_spec(64, 64, 56, 3, 1, 64, "w8a8"), host_target())
+    assert (f["tile_vi"], f["tile_bf"]) == (8, 8)
+    assert features(conv_spec(64, 64, 14, 3, 1, 64, "w16a16"))["int_as_float"] == 0
     # int64 accumulators halve the lanes; an RGB stem at 8 bits runs as float32 arithmetic
     assert features(conv_spec(32, 64, 56, cand="w16a16"))["acc_lanes"] == 4
     stem = features(conv_spec(3, 32, 56, 3, 2, cand="w8a8"))

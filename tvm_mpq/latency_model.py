@@ -50,6 +50,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from tvm_mpq.passes.integer_ops import float_conv_pays
 from tvm_mpq.targets import parse_target
 
 from .config import DEFAULT_CANDIDATES, FLOAT, Candidate, Config
@@ -224,7 +225,8 @@ def features(spec: Mapping, target=None) -> dict[str, float]:
     f["k_odd"] = float(int(k_shared) % 2 == 1 and k_shared > 1)
     f["pair_waste"] = _cdiv(k_shared, 2) * 2 / k_shared if k_shared > 1 else 1.0
     integer = not float_kernel
-    f["int_as_float"] = float(integer and kind == "conv2d" and groups == 1 and f["k_odd"] == 1.0 and max(ab, wb) <= 8)
+    # 8-bit convs realize.py emits as exact float32 sums (RGB stems, depthwise convs)
+    f["int_as_float"] = float(integer and kind == "conv2d" and max(ab, wb) <= 8 and float_conv_pays(w, groups))
     f["pair_path"] = float(integer and f["acc_bits"] == 32 and not f["kind_depthwise"] and k_shared % 2 == 0
                            and f["int_as_float"] == 0.0)
     vector_lanes = max(1, int(f["vector_bits"] or 256) // 32)
@@ -245,10 +247,17 @@ def features(spec: Mapping, target=None) -> dict[str, float]:
     f["vec_div16"], f["vec_div32"] = float(v % (2 * lanes) == 0), float(v % (4 * lanes) == 0)
     narrow = integer and not f["pair_path"] and not f["int_as_float"]
     vi, bf = _tile(max(v, 1), b, lanes, narrow, bool(f["pair_path"]))
-    eff = _tile_cost(vi, bf, b, lanes, narrow, bool(f["pair_path"]))
-    if b is None and kind == "conv2d" and vi % lanes == 0:  # depthwise: output rows blocked
+    if b is None and kind == "conv2d":  # depthwise: output rows blocked
         h = int(out[2])
-        bf = max(d for d in range(1, min(8, h) + 1) if h % d == 0)
+        if float_kernel or f["int_as_float"]:
+            # the plane template (targets/depthwise.py): 8 pixels or a whole short row, rows up
+            # to 8 accumulators
+            vi = lanes if v % lanes == 0 else v
+            regs = int(_cdiv(vi, lanes))
+            bf = max(d for d in range(1, h + 1) if h % d == 0 and d * regs <= max(regs, 8))
+        elif vi % lanes == 0:
+            bf = max(d for d in range(1, min(8, h) + 1) if h % d == 0)
+    eff = _tile_cost(vi, bf, b, lanes, narrow, bool(f["pair_path"]))
     f["tile_vi"], f["tile_bf"], f["tile_eff"] = float(vi), float(bf), eff
     f["blk_waste"] = _cdiv(b, bf) * bf / b if b else 1.0
     f["eff_macs"] = macs * f["vec_waste"] * f["blk_waste"]
