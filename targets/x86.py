@@ -8,8 +8,9 @@ step over a pair of reduction elements::
     C[i] += A[i, 0] * B[0] + A[i, 1] * B[1]        i < 8, A and B int16, C int32 or int64
 
 with ``A`` the vector operand (8 lanes x the pair, contiguous) and ``B`` the broadcast operand (one
-pair, read as one int32 and broadcast). Two descriptions differ only in the order of the factors,
-so that a kernel matches whichever way its multiply is written (data x weight or weight x data).
+pair, read as one int32 and broadcast). Two descriptions (one generator) differ only in the order
+of the factors, so that a kernel matches whichever way its multiply is written (data x weight or
+weight x data): tensorize matches the body structurally.
 
 Exactness: the operands are integers of at most 16 bits (uint8 activations, int8 / int16
 weights, int16 activations, all within +-32767); ``a*b + c*d`` then stays below 2**31 in magnitude,
@@ -35,33 +36,29 @@ def _make(acc: str):
     the exact int32 pair sums before adding (w16a16 layers whose sums can exceed int32)."""
     lanes = f"{acc}x8"
 
-    @T.prim_func(s_tir=True)
-    def desc_vec_first(
-        A: T.Buffer((8, 2), "int16", offset_factor=1),
-        B: T.Buffer((2,), "int16", offset_factor=1),
-        C: T.Buffer((8,), acc, offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:8, 0:2], B[0:2])
-            T.writes(C[0:8])
-            for i, k in T.grid(8, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.Cast(acc, A[vi, vk]) * T.Cast(acc, B[vk])
+    def desc(vec_first: bool):
+        # ``vec_first`` is a Python bool: TVMScript keeps only the branch it selects
+        @T.prim_func(s_tir=True)
+        def description(
+            A: T.Buffer((8, 2), "int16", offset_factor=1),
+            B: T.Buffer((2,), "int16", offset_factor=1),
+            C: T.Buffer((8,), acc, offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                if vec_first:  # the reads in the order the body reads them
+                    T.reads(C[0:8], A[0:8, 0:2], B[0:2])
+                else:
+                    T.reads(C[0:8], B[0:2], A[0:8, 0:2])
+                T.writes(C[0:8])
+                for i, k in T.grid(8, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        if vec_first:
+                            C[vi] = C[vi] + T.Cast(acc, A[vi, vk]) * T.Cast(acc, B[vk])
+                        else:
+                            C[vi] = C[vi] + T.Cast(acc, B[vk]) * T.Cast(acc, A[vi, vk])
 
-    @T.prim_func(s_tir=True)
-    def desc_bcast_first(
-        A: T.Buffer((8, 2), "int16", offset_factor=1),
-        B: T.Buffer((2,), "int16", offset_factor=1),
-        C: T.Buffer((8,), acc, offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], B[0:2], A[0:8, 0:2])  # the order the body reads them in
-            T.writes(C[0:8])
-            for i, k in T.grid(8, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.Cast(acc, B[vk]) * T.Cast(acc, A[vi, vk])
+        return description
 
     @T.prim_func(s_tir=True)
     def impl(
@@ -87,7 +84,7 @@ def _make(acc: str):
                 ),
             )
 
-    return desc_vec_first, desc_bcast_first, impl
+    return desc(True), desc(False), impl
 
 
 def intrin_name(acc: str, vec_first: bool) -> str:
