@@ -3,7 +3,8 @@
 Conventions (fixed by tvm_mpq.quant_math, the numpy reference):
 - activations at 8 bits are asymmetric uint8 (zero point ``zp``); at 16 bits symmetric int16;
 - weights are symmetric per output channel: int8 for 4 and 8 bits (int4 stored packed two per byte,
-  unpacked inside the kernel), int16 for 16 bits;
+  unpacked by a stage of the kernel -- which the x86 templates turn into a compile-time layout
+  rewrite), int16 for 16 bits;
 - every kernel returns the *centered* accumulator ``sum((xq - zp) * wq)`` in int32, or int64 when
   the worst case of the layer's actual integer weights could overflow int32.
 

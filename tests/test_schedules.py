@@ -18,10 +18,12 @@ import pytest
 import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+from tvm.s_tir import dlight
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 from test_integer_kernels import (
     _act_max_abs,
+    _constants,
     _run_activation_matmul_cases,
     _assert_exact,
     _build_run,
@@ -35,7 +37,7 @@ from test_integer_kernels import (
 )
 from tvm_mpq.passes import integer_ops as iops
 from tvm_mpq.quant_math import pack_int4
-from tvm_mpq.targets import host_target
+from tvm_mpq.targets import host_target, pipeline
 from tvm_mpq.targets.depthwise import DepthwiseConv
 from tvm_mpq.targets.schedules import InlinedElementwise, TiledReduction, fence_products
 
@@ -141,7 +143,7 @@ PAIR_CONV_CASES = [
     "bits,act", [(8, ("uint8", 37)), (8, ("int16", 0)), (16, ("uint8", 201)), (4, ("uint8", 37)), (16, ("int16", 0))]
 )
 def test_conv2d_vpmaddwd_path_bit_exact(bits, act):
-    """... int4 weights (unpacked once per call into the pair layout) and w16a16 (int64
+    """... int4 weights (unpacked into the pair layout at compile time) and w16a16 (int64
     accumulators: the pair sums are widened before they are added) included."""
     act_dtype, zp = act
     rng = np.random.default_rng(bits * 31 + zp)
@@ -174,6 +176,38 @@ def test_conv2d_templates_bit_exact(bits, act):
     _assert_templated(mod, len(cases))
     if bits == 16 and act_dtype == "int16":
         assert {p[2] for p in prepared} == {"int64"}  # int64 accumulators, in every tiling
+
+
+def test_int4_weights_unpacked_once_at_compile_time():
+    """On the pair path the int4 unpack is a layout rewrite: the compiler folds it into an int16
+    constant in the kernel's pair layout, and no packed uint8 weight is left to unpack per call."""
+    rng = np.random.default_rng(41)
+    w = _rand_weight(rng, (16, 6, 3, 3), 4)
+    wd = _rand_weight(rng, (38, 24), 4)
+    params = [_tensor_var("x", (1, 6, 9, 16), "uint8"), _tensor_var("y", (1, 5, 38), "uint8")]
+    attrs = _conv_attrs((1, 1), (1, 1, 1, 1), (1, 1), 1, "relax")
+    bb = relax.BlockBuilder()
+    with bb.function("main", params):
+        with bb.dataflow():
+            a = iops.emit_conv2d(bb, params[0], _weight_const(w, 4), attrs, 37, 4, w.shape, "int32")
+            d = iops.emit_dense(bb, params[1], relax.const(pack_int4(wd.T), "uint8"), 4, 38, 24, "int32")
+            outs = [bb.emit_output(a), bb.emit_output(d)]
+        bb.emit_func_output(relax.Tuple(outs))
+    target = host_target()
+    with target.target:
+        mod = tvm.transform.Sequential(
+            pipeline.front_passes(target.target)
+            + [dlight.ApplyDefaultSchedule(*pipeline.template_rules(target))]
+            + [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant()]
+        )(bb.get())
+    consts = [c for c in _constants(mod) if c.size > 1]
+    assert not [c.shape for c in consts if c.dtype == np.uint8]
+    pairs = sorted(c.size for c in consts if c.dtype == np.int16)
+    assert pairs == sorted([w.size, wd.size]), pairs
+    # the folded constants hold the weight values themselves
+    assert sorted(np.unique(np.concatenate([c.ravel() for c in consts if c.dtype == np.int16]))) == sorted(
+        np.unique(np.concatenate([w.ravel(), wd.ravel()]))
+    )
 
 
 # Depthwise convs for DepthwiseConv (targets/depthwise.py): rows of 7 / 14 / 28 pixels (one odd
