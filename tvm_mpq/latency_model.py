@@ -127,28 +127,12 @@ def _tile_cost(vi: int, bf: int, b: int | None, lanes: int, narrow: bool, pairs:
 
 
 def _tile(v: int, b: int | None, lanes: int, narrow: bool, pairs: bool) -> tuple[int, int]:
-    """(vector length, block rows) of the register tile the template schedules pick: asked of
-    ``TiledReduction._tile`` itself, so the features follow the schedules; a simplified copy where
-    that cannot be called (another tvm_mpq's schedules)."""
-    try:
-        from tvm_mpq.targets.schedules import TiledReduction
+    """(vector length, block rows) of the register tile the template schedules pick, asked of
+    ``TiledReduction._tile`` itself, so the features follow the schedules."""
+    from tvm_mpq.targets.schedules import TiledReduction
 
-        vi, bf = TiledReduction()._tile(int(v), None if not b else int(b), int(lanes), bool(narrow), bool(pairs))
-        return int(vi), int(bf)
-    except Exception:  # noqa: BLE001 - the private helper moved or changed its signature
-        pass
-    vis = [v] if v % lanes else [x for x in (4 * lanes, 2 * lanes, lanes) if v % x == 0]
-    if pairs:
-        vis = [x for x in vis if x % 8 == 0] or vis
-    options = []
-    for vi in vis:
-        regs = int(_cdiv(vi, lanes))
-        for bf in range(1, max(1, min(8, (15 - regs) // regs, b or 1)) + 1):
-            if not (pairs and b and b % bf):
-                options.append((_tile_cost(vi, bf, b, lanes, narrow, pairs), vi, bf))
-    top = max(options)[0]
-    best = max((o for o in options if o[0] >= 0.9 * top), key=lambda o: (o[2] * -(-o[1] // lanes), o[2], o[0]))
-    return best[1], best[2]
+    vi, bf = TiledReduction()._tile(int(v), None if not b else int(b), int(lanes), bool(narrow), bool(pairs))
+    return int(vi), int(bf)
 
 
 def features(spec: Mapping, target=None) -> dict[str, float]:
