@@ -132,8 +132,8 @@ class RealizeQuantization:
                     and iops.float_conv_pays(wq.shape, int(call.attrs.groups))
                     and iops.exact_in_float32(_act_max_abs(enc), np.abs(w2d).sum(1).max())
                 )  # fmt: skip
-                # exact float32 sums stay float32 through the zero-point correction (2 of ~22
-                # vector ops per 8 outputs of a depthwise conv were the float -> int -> float trip)
+                # exact float32 sums stay float32 through the zero-point correction: no float ->
+                # int -> float trip (two conversions per vector) in the epilogue
                 sum_dtype = "float32" if as_float else acc_dtype
                 acc = iops.emit_conv2d(
                     self.builder_, xq, const, call.attrs, int(enc.zero_point), wenc.bits, wq.shape, sum_dtype,

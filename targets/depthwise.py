@@ -23,8 +23,7 @@ benchmarks/profile_model.py (one thread).
 from __future__ import annotations
 
 import tvm
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm import tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
 from . import schedules as S
@@ -35,7 +34,7 @@ __all__ = ["DepthwiseConv"]
 class DepthwiseConv(CPUScheduleRule):
     """Float depthwise conv (3 spatial axes c, y, x; 2 reduction axes ky, kx; stride 1 or 2)
     with its fused epilogue; see the module docstring. ``accumulators``: vector registers the
-    tile may hold (more rows hide the FMA latency; past 8 LLVM spills the broadcasts)."""
+    tile may hold (more rows hide the FMA latency; too many and LLVM spills the broadcasts)."""
 
     def __init__(self, vector_lanes: int = 8, accumulators: int = 8):
         self.vector_lanes = vector_lanes
@@ -44,18 +43,12 @@ class DepthwiseConv(CPUScheduleRule):
     def apply(self, func, target, _tunable):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
-        sch = s_tir.Schedule(func)
+        parsed = S._single_reduction(func)
+        if parsed is None:
+            return None
+        sch, infos, ridx = parsed
         try:
-            infos = normalize_prim_func(sch)
-        except Exception:  # noqa: BLE001
-            return None
-        if not infos:
-            return None
-        reds = [i for i, b in enumerate(infos) if "R" in b.dom_kind()]
-        if len(reds) != 1:
-            return None
-        try:
-            ok = self._schedule(sch, infos, reds[0])
+            ok = self._schedule(sch, infos, ridx)
         except Exception:  # noqa: BLE001 - an unexpected structure: TiledReduction takes it
             if S._DEBUG:
                 raise
@@ -179,8 +172,8 @@ class DepthwiseConv(CPUScheduleRule):
             return
         if stride == 2:
             # the fill's column loop split into (w // 2, w % 2) and swapped: it then writes the
-            # de-interleaved plane in storage order (element by element it ran scalar, 54% of
-            # the time of a 144-channel stride-2 layer)
+            # de-interleaved plane in storage order, a memset (element by element it ran as a
+            # scalar loop over the whole plane)
             *_, cols = sch.get_loops(fill)
             half, phase = sch.split(cols, [None, 2])
             sch.reorder(phase, half)

@@ -281,6 +281,21 @@ def _checked(sch: s_tir.Schedule):
     return sch if ok else None
 
 
+def _single_reduction(func):
+    """``(schedule, blocks, index)``: a fresh schedule of ``func``, its normalized blocks and the
+    index of its one reduction block; None where the function cannot be normalized or has not
+    exactly one reduction (the templates schedule one reduction with its producers and epilogue)."""
+    sch = s_tir.Schedule(func)
+    try:
+        infos = normalize_prim_func(sch)
+    except Exception:  # noqa: BLE001
+        return None
+    reds = [i for i, b in enumerate(infos or []) if "R" in b.dom_kind()]
+    if len(reds) != 1:
+        return None
+    return sch, infos, reds[0]
+
+
 def _has_root(sch) -> bool:
     try:
         sch.get_sblock("root")
@@ -326,18 +341,12 @@ class TiledReduction(CPUScheduleRule):
         if self.pairs and _has_avx2(target):
             attempts.insert(0, self._schedule_pairs)
         for attempt in attempts:
-            sch = s_tir.Schedule(func)
+            parsed = _single_reduction(func)
+            if parsed is None:
+                return None
+            sch, infos, ridx = parsed
             try:
-                infos = normalize_prim_func(sch)
-            except Exception:  # noqa: BLE001
-                return None
-            if not infos:
-                return None
-            reds = [i for i, b in enumerate(infos) if "R" in b.dom_kind()]
-            if len(reds) != 1:
-                return None
-            try:
-                ok = attempt(sch, infos, reds[0])
+                ok = attempt(sch, infos, ridx)
             except Exception as err:  # noqa: BLE001 - an unexpected structure: the next attempt
                 if _DEBUG:
                     if attempt == self._schedule:
@@ -772,7 +781,8 @@ class TiledReduction(CPUScheduleRule):
                 stage = p
         # A producer computed from weights alone (the int4 unpack) is a layout rewrite too: the
         # compiler unpacks once, into the pair layout (unpacked at every call, its transposing
-        # reads cost more than the kernel: int4 3x3 conv 512->512 @7, 4.8 against 2.0 ms)
+        # reads cost more than the kernel: ResNet-18's 512->512 3x3 int4 conv 4.8 ms against
+        # 2.0 for int8, benchmarks/profile_model.py --model resnet18 --configs w4a8,w8a8)
         weight_stage = stage is not None and all(_layout_free(sch, r.source) for r in sch.get(stage).reads)
         blocked = dv is not None and (_layout_free(sch, buf) or weight_stage) and _int(buf.shape[dv]) % block == 0
 

@@ -670,22 +670,30 @@ def test_pack_int4_halves_the_stored_weight_bytes():
             assert 2 * total4 >= total
 
 
+def int4_conv_and_dense_module(w, wd, x_shape, y_shape, attrs) -> tvm.IRModule:
+    """``main(x, y)``: an int4 conv of ``x`` (OIHW weight ``w``, zero point 37) and an int4 dense
+    of ``y`` (``[K, N]`` weight ``wd``), their weights packed as realize.py stores them."""
+    params = [_tensor_var("x", x_shape, "uint8"), _tensor_var("y", y_shape, "uint8")]
+    k, n = wd.shape
+    bb = relax.BlockBuilder()
+    with bb.function("main", params):
+        with bb.dataflow():
+            a = iops.emit_conv2d(bb, params[0], _weight_const(w, 4), attrs, 37, 4, w.shape, "int32")
+            d = iops.emit_dense(bb, params[1], relax.const(pack_int4(wd.T), "uint8"), 4, k, n, "int32")
+            outs = [bb.emit_output(a), bb.emit_output(d)]
+        bb.emit_func_output(relax.Tuple(outs))
+    return bb.get()
+
+
 def test_pack_int4_constant_survives_compilation_pipeline():
     """The default Relax pipeline (legalize, fold constants, fuse) must not unpack the int4 weight
     into an int8 constant: the packed uint8 constant is what the compiled module holds."""
     rng = np.random.default_rng(52)
     w = _rand_weight(rng, (7, 5, 3, 3), 4)
     wd = _rand_weight(rng, (37, 19), 4)
-    params = [_tensor_var("x", (1, 5, 11, 5), "uint8"), _tensor_var("y", (2, 3, 37), "uint8")]
     attrs = _conv_attrs((2, 2), (1, 0, 2, 1), (1, 1), 1, "relax")
-    bb = relax.BlockBuilder()
-    with bb.function("main", params):
-        with bb.dataflow():
-            a = iops.emit_conv2d(bb, params[0], _weight_const(w, 4), attrs, 37, 4, w.shape, "int32")
-            d = iops.emit_dense(bb, params[1], relax.const(pack_int4(wd.T), "uint8"), 4, 37, 19, "int32")
-            outs = [bb.emit_output(a), bb.emit_output(d)]
-        bb.emit_func_output(relax.Tuple(outs))
-    mod = relax.pipeline.get_default_pipeline(_target())(bb.get())
+    mod = int4_conv_and_dense_module(w, wd, (1, 5, 11, 5), (2, 3, 37), attrs)
+    mod = relax.pipeline.get_default_pipeline(_target())(mod)
     consts = _constants(mod)
     shapes = sorted((str(c.dtype), c.shape) for c in consts if c.dtype in (np.uint8, np.int8))
     assert shapes == sorted([("uint8", (7, 23)), ("uint8", (19, 19))]), shapes

@@ -32,6 +32,7 @@ from test_integer_kernels import (
     _rand_weight,
     _tensor_var,
     _weight_const,
+    int4_conv_and_dense_module,
     ref_conv2d,
     ref_matmul,
 )
@@ -184,22 +185,15 @@ def test_int4_weights_unpacked_once_at_compile_time():
     rng = np.random.default_rng(41)
     w = _rand_weight(rng, (16, 6, 3, 3), 4)
     wd = _rand_weight(rng, (38, 24), 4)
-    params = [_tensor_var("x", (1, 6, 9, 16), "uint8"), _tensor_var("y", (1, 5, 38), "uint8")]
     attrs = _conv_attrs((1, 1), (1, 1, 1, 1), (1, 1), 1, "relax")
-    bb = relax.BlockBuilder()
-    with bb.function("main", params):
-        with bb.dataflow():
-            a = iops.emit_conv2d(bb, params[0], _weight_const(w, 4), attrs, 37, 4, w.shape, "int32")
-            d = iops.emit_dense(bb, params[1], relax.const(pack_int4(wd.T), "uint8"), 4, 38, 24, "int32")
-            outs = [bb.emit_output(a), bb.emit_output(d)]
-        bb.emit_func_output(relax.Tuple(outs))
+    mod = int4_conv_and_dense_module(w, wd, (1, 6, 9, 16), (1, 5, 38), attrs)
     target = host_target()
     with target.target:
         mod = tvm.transform.Sequential(
             pipeline.front_passes(target.target)
             + [dlight.ApplyDefaultSchedule(*pipeline.template_rules(target))]
             + [relax.transform.SplitLayoutRewritePreproc(), relax.transform.FoldConstant()]
-        )(bb.get())
+        )(mod)
     consts = [c for c in _constants(mod) if c.size > 1]
     assert not [c.shape for c in consts if c.dtype == np.uint8]
     pairs = sorted(c.size for c in consts if c.dtype == np.int16)
