@@ -26,8 +26,9 @@ def front_passes(target) -> list:
 
 
 def template_rules(target_info) -> list:
-    """The dlight rules of the template schedules for ``target_info``."""
-    return rules(max(2, target_info.vector_bits // 32))
+    """The dlight rules of the template schedules for ``target_info`` (integer kernels take the
+    VNNI dot-product steps where the target has them: targets/x86.py)."""
+    return rules(max(2, target_info.vector_bits // 32), dot_isa="vnni" if target_info.has_vnni else "avx2")
 
 
 def relax_pipeline(target_info, tuning_dir=None, use_tuned: str = "faster") -> tvm.transform.Pass:

@@ -66,7 +66,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.tirx.analysis import undefined_vars
 
 from .fence import FP_FENCE_OP, register_intrinsics
-from .x86 import PMADDWD_LANES, intrin_name
+from .x86 import DOT_LANES, dot_intrin
 
 __all__ = ["FP_FENCE_OP", "InlinedElementwise", "ParallelVectorize", "TiledReduction", "rules"]
 
@@ -321,13 +321,16 @@ class TiledReduction(CPUScheduleRule):
     """Register-tiled conv / matmul with the epilogue fused at the tile (see the module docstring).
 
     ``vector_lanes``: 32-bit lanes of one vector register (8 for AVX2, 16 for AVX-512);
-    ``registers``: vector registers of the target (16 for AVX2).
+    ``registers``: vector registers of the target (16 for AVX2); ``dot_isa``: the integer
+    dot-product steps of the pair path (targets/x86.py: "avx2", "vnni" -- byte quads with
+    ``vpdpbusd`` --, or "emulated-vnni", the VNNI schedules with a portable quad step).
     """
 
     def __init__(
         self, vector_lanes: int = 8, registers: int = 16, max_block: int = 8, pairs: bool = True,
-        depthwise_rows: int = 8,
+        depthwise_rows: int = 8, dot_isa: str = "avx2",
     ):  # fmt: skip
+        self.dot_isa = dot_isa
         self.vector_lanes = vector_lanes
         self.depthwise_rows = depthwise_rows
         self.pairs = pairs
@@ -361,14 +364,16 @@ class TiledReduction(CPUScheduleRule):
 
     # -- the tile shape
     def _tile(
-        self, v_ext: int, b_ext: int | None, lanes: int, narrow: bool, pairs: bool = False, window: bool = False
+        self, v_ext: int, b_ext: int | None, lanes: int, narrow: bool, pairs: bool = False, window: bool = False,
+        fused_dot: bool = False,
     ) -> tuple[int, int]:
         """(vector length, block rows) from a small cost model of one reduction step.
 
         Per row and accumulator register: a multiply and an add (an FMA for float); per row: a
         broadcast of the row operand (a load for 32-bit values; load, shuffle and extend for
         narrow integers -- the shuffle ports are what limits int8 kernels on AVX2); per register
-        of the vector operand: a load (plus an extend for narrow integers). Vectors of one to four
+        of the vector operand: a load (plus an extend for narrow integers); ``fused_dot``: the
+        pair / quad step is one instruction (VNNI), not a multiply and an add. Vectors of one to four
         whole registers (odd lengths make LLVM spill); accumulators, the vector operand and a
         broadcast within the 16 registers; ragged tiles count their wasted rows. ``narrow``: the
         operands are integers narrower than the accumulator.
@@ -386,10 +391,10 @@ class TiledReduction(CPUScheduleRule):
         else:
             vis = [v for v in (4 * lanes, 2 * lanes, lanes) if v_ext % v == 0]
         if pairs:
-            vis = [v for v in vis if v % PMADDWD_LANES == 0] or vis
+            vis = [v for v in vis if v % DOT_LANES == 0] or vis
         mac, bcast, vload = (2, 4, 2) if narrow else (1, 1, 0.5)
         if pairs:  # vpmaddwd on int16 pairs: broadcasts and vector loads are plain loads
-            mac, bcast, vload = (2, 1, 1)
+            mac, bcast, vload = (1 if fused_dot else 2, 1, 1)
         elif window and not narrow:
             # under a kernel window the weights outgrow L1 (3x3 x C_in per output channel) and
             # each vector load comes from L2: more rows per load pay (3x3 conv 512->512 @7 fp32,
@@ -597,8 +602,10 @@ class TiledReduction(CPUScheduleRule):
         are laid out with the pair innermost as int16 (weights at compile time, activations by a
         copy per call), and the inner step is one ``vpmaddwd`` per 8 outputs and 2 reduction
         elements -- twice the multiply-adds of the widening multiply LLVM forms by itself, with
-        no shuffles for the broadcasts. Returns False where the kernel does not fit (the regular
-        path then schedules it)."""
+        no shuffles for the broadcasts. With VNNI (``dot_isa``), a uint8 x int8 kernel with int32
+        accumulators is split into quads instead, kept in bytes, one ``vpdpbusd`` per 8 outputs
+        and 4 reduction elements (pairs where no shared axis divides by 4). Returns False where
+        the kernel does not fit (the regular path then schedules it)."""
         rinfo = infos[ridx]
         rblock = rinfo.block_rv
         axes = self._axes(sch, rinfo)
@@ -642,6 +649,11 @@ class TiledReduction(CPUScheduleRule):
             return False
         if any(ld.source.same_as(out_buf) for ld in loads) or loads[0].source.same_as(loads[1].source):
             return False
+        # byte quads (vpdpbusd) where the ISA has them for these operands, else int16 pairs
+        dtypes = {str(ld.source.dtype) for ld in loads}
+        groups = [2]
+        if self.dot_isa != "avx2" and acc == "int32" and dtypes == {"uint8", "int8"}:
+            groups = [4, 2]
 
         # Axes: vector axis (innermost output axis, or output channels when rows are short).
         idx_vars = [[_vars(i) for i in ld.indices] for ld in loads]
@@ -653,28 +665,33 @@ class TiledReduction(CPUScheduleRule):
             if ext[i] > 1 and all(svars[i] not in used[k] for k in vec) and any(svars[i] in u for u in used)
         ]  # fmt: skip
         b = max(cands, key=lambda i: ext[i]) if cands else None
-        lanes = self.vector_lanes
+        lanes = DOT_LANES  # the dot steps work on 256-bit registers on every target (x86.py)
         if ext[v] % lanes and b is not None and ext[b] % lanes == 0:
             v, b = b, v
-        if ext[v] % PMADDWD_LANES:
+        if ext[v] % DOT_LANES:
             return False
         vec = [k for k in (0, 1) if svars[v] in used[k]]
         if len(vec) != 1:
             return False
         kv, kb = vec[0], 1 - vec[0]
-        operand_bytes = [_num_elements(ld.source) * 2 for ld in loads]  # as int16 pairs
-        # The pair axis: a reduction axis indexing each operand in exactly one dimension, plainly.
+        # The pair (quad) axis: a reduction axis indexing each operand in exactly one dimension,
+        # plainly, whose extent the group divides.
         red_iters = iters[ns:]
         pair = None
-        for ri, it in enumerate(red_iters):
-            if _int(it.dom) % 2:
-                continue
-            dims = [[d for d, vs in enumerate(idx_vars[k]) if it.var in vs] for k in (0, 1)]
-            if all(len(ds) == 1 and loads[k].indices[ds[0]].same_as(it.var) for k, ds in zip((0, 1), dims)):
-                pair = (ri, dims[0][0], dims[1][0])
+        for group in groups:
+            for ri, it in enumerate(red_iters):
+                if _int(it.dom) % group:
+                    continue
+                dims = [[d for d, vs in enumerate(idx_vars[k]) if it.var in vs] for k in (0, 1)]
+                if all(len(ds) == 1 and loads[k].indices[ds[0]].same_as(it.var) for k, ds in zip((0, 1), dims)):
+                    pair = (ri, dims[0][0], dims[1][0])
+                    break
+            if pair is not None:
                 break
         if pair is None:
             return False
+        quads = group == 4
+        operand_bytes = [_num_elements(ld.source) * (1 if quads else 2) for ld in loads]
         ri, dr0, dr1 = pair
         dr = (dr0, dr1)
         vdims = [d for d, vs in enumerate(idx_vars[kv]) if svars[v] in vs]
@@ -692,32 +709,38 @@ class TiledReduction(CPUScheduleRule):
             sch.transform_layout(rblock, ("write", 0), _permute(perm))
 
         acc_lanes = lanes * 32 // _dtype_bits(acc)
-        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, acc_lanes, False, pairs=True)
-        if vi % PMADDWD_LANES:
+        fused_dot = self.dot_isa != "avx2" and (quads or acc == "int32")  # the emulation: VNNI's tiles
+        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, acc_lanes, False, pairs=True, fused_dot=fused_dot)
+        if vi % DOT_LANES:
             return False
-        # Operand layouts: [..., r // 2, (v,) r % 2] in int16; a weight read along the vector axis
-        # is blocked by the tile's vector length too, [v // vi, ..., r // 2, v % vi, r % 2], so a
+        # Operand layouts: [..., r // 2, (v,) r % 2] in int16 (quads: [..., r // 4, (v,) r % 4] in
+        # their own bytes); a weight read along the vector axis is blocked by the tile's vector
+        # length too, [v // vi, ..., r // 2, v % vi, r % 2], so a
         # tile streams its weights contiguously (strided by all output channels, a cold 4.7 MB
         # 512->512 3x3 int8 weight came from DRAM at the latency of each line).
         stage_bufs, stages = [], []
         for k, vdim in ((kv, dv), (kb, None)):
-            stage = self._pair_stage(sch, rblock, loads[k].source, dr[k], vdim, producers, vi)
+            stage = self._pair_stage(sch, rblock, loads[k].source, dr[k], vdim, producers, vi, group)
             stages.append(stage)
             stage_bufs.append(sch.get(stage).writes[0].source)
-        _rewrite_block(sch, rblock, lambda e: _drop_widening_cast(e, stage_bufs))
+        if not quads:
+            _rewrite_block(sch, rblock, lambda e: _drop_widening_cast(e, stage_bufs))
         prod = sch.get(rblock).body.value.b
         first = _cast_of_load(prod.a).source
-        intrin = intrin_name(acc, vec_first=first.same_as(stage_bufs[0]))
+        operand_dtypes = (str(stage_bufs[0].dtype), str(stage_bufs[1].dtype))
+        intrin = dot_intrin(operand_dtypes, acc, first.same_as(stage_bufs[0]), self.dot_isa)
+        if intrin is None:
+            return False
 
         loops = sch.get_loops(rblock)
         spatial, reduction = list(loops[:ns]), list(loops[ns:])
-        r2, t = sch.split(reduction[ri], [None, 2])
+        r2, t = sch.split(reduction[ri], [None, group])
         reduction = reduction[:ri] + [r2] + reduction[ri + 1 :]
         if _DEBUG:
             mode = "channels" if v != ns - 1 else ("pixels" if b is not None else "row")
-            print(f"[tvm_mpq.schedules]   pairs {mode}: axes {ext[:ns]} reduce {ext[ns:]} tile {bf}x{vi}")
+            print(f"[tvm_mpq.schedules]   {'quads' if quads else 'pairs'} {mode}: axes {ext[:ns]} reduce {ext[ns:]} tile {bf}x{vi}")
         v_o, v_i = sch.split(spatial[v], [None, vi])
-        v_io, v8 = sch.split(v_i, [None, PMADDWD_LANES])
+        v_io, v8 = sch.split(v_i, [None, DOT_LANES])
         if b is not None:
             b_o, b_i = sch.split(spatial[b], [None, bf])
             rest = [i for i in range(ns) if i not in (v, b)]
@@ -742,7 +765,7 @@ class TiledReduction(CPUScheduleRule):
             # (3x3 conv int8, one thread: 64->64 @56 105 -> 125, 64->128 @56 s2 97 -> 114,
             # 256->256 @14 63 -> 84 GOP/s).
             pair_loop = reduction.pop(ri)
-            pair_ext = ext[ns + ri] // 2
+            pair_ext = ext[ns + ri] // group
             if pair_ext % 2 == 0:
                 pair_loop, pair_step = sch.split(pair_loop, [None, 2])
                 inner = [pair_step] + inner
@@ -769,11 +792,12 @@ class TiledReduction(CPUScheduleRule):
         return True
 
     @staticmethod
-    def _pair_stage(sch, rblock, buf, dr: int, dv, producers, block: int):
+    def _pair_stage(sch, rblock, buf, dr: int, dv, producers, block: int, group: int = 2):
         """The block that writes operand ``buf`` as int16 in the layout [..., r//2, (v,) r%2]
-        (a weight with a vector axis: [v//block, ..., r//2, v%block, r%2]): its producer in this
-        function if it has one (a pad, a centering cast), else a copy (of a weight: done at
-        compile time by the layout-rewrite passes)."""
+        (a weight with a vector axis: [v//block, ..., r//2, v%block, r%2]; ``group`` 4: byte
+        quads, r//4 and r%4, in the operand's own dtype): its producer in this function if it
+        has one (a pad, a centering cast), else a copy (of a weight: done at compile time by the
+        layout-rewrite passes)."""
         ndim = len(buf.shape)
         stage = None
         for p in producers:
@@ -789,8 +813,8 @@ class TiledReduction(CPUScheduleRule):
         def index_map(*d):
             rest = [d[i] for i in range(ndim) if i not in (dr, dv)]
             if blocked:
-                return (d[dv] // block, *rest, d[dr] // 2, d[dv] % block, d[dr] % 2)
-            return (*rest, d[dr] // 2, *([d[dv]] if dv is not None else []), d[dr] % 2)
+                return (d[dv] // block, *rest, d[dr] // group, d[dv] % block, d[dr] % group)
+            return (*rest, d[dr] // group, *([d[dv]] if dv is not None else []), d[dr] % group)
 
         if weight_stage:
             sch.annotate(stage, "meta_schedule.layout_rewrite_preproc", True)
@@ -801,7 +825,7 @@ class TiledReduction(CPUScheduleRule):
             if _layout_free(sch, buf):
                 sch.annotate(stage, "meta_schedule.layout_rewrite_preproc", True)
         sch.transform_layout(stage, ("write", 0), index_map)
-        if str(sch.get(stage).writes[0].source.dtype) != "int16":
+        if group == 2 and str(sch.get(stage).writes[0].source.dtype) != "int16":
             sch.unsafe_set_dtype(stage, 0, "int16")
         try:
             _transform_block_layout(sch, stage, index_map)  # iterate in the destination's order
@@ -1134,11 +1158,11 @@ def _log(rule, func, sch):
     return sch
 
 
-def rules(vector_lanes: int = 8) -> list[CPUScheduleRule]:
-    """The rules in the order tvm_mpq's pipeline tries them."""
+def rules(vector_lanes: int = 8, dot_isa: str = "avx2") -> list[CPUScheduleRule]:
+    """The rules in the order tvm_mpq's pipeline tries them (``dot_isa``: see TiledReduction)."""
     from .depthwise import DepthwiseConv  # it builds on this module's helpers
 
     return [
-        DepthwiseConv(vector_lanes), TiledReduction(vector_lanes), InlinedElementwise(vector_lanes),
+        DepthwiseConv(vector_lanes), TiledReduction(vector_lanes, dot_isa=dot_isa), InlinedElementwise(vector_lanes),
         ParallelVectorize(vector_lanes),
     ]  # fmt: skip

@@ -1,21 +1,35 @@
-"""x86 tensor intrinsics for the template schedules (AVX2; no AVX-512 or VNNI needed).
+"""x86 tensor intrinsics for the template schedules: exact integer dot-product steps.
 
-``vpmaddwd`` multiplies 16 pairs of int16 and adds adjacent products into 8 int32: the exact
-integer dot product AVX2 has (``vpmaddubsw``, u8 x s8, saturates its int16 sums, so it is not
-exact for uint8 activations and int8 weights). The intrinsics below compute one 8-lane accumulator
-step over a pair of reduction elements::
+One step computes 8 int32 (or int64) accumulator lanes over a *group* of reduction elements::
 
-    C[i] += A[i, 0] * B[0] + A[i, 1] * B[1]        i < 8, A and B int16, C int32 or int64
+    C[i] += A[i, 0] * B[0] + ... + A[i, g-1] * B[g-1]        i < 8
 
-with ``A`` the vector operand (8 lanes x the pair, contiguous) and ``B`` the broadcast operand (one
-pair, read as one int32 and broadcast). Two descriptions (one generator) differ only in the order
-of the factors, so that a kernel matches whichever way its multiply is written (data x weight or
-weight x data): tensorize matches the body structurally.
+with ``A`` the vector operand (8 lanes x the group, contiguous) and ``B`` the broadcast operand
+(one group, read as one 32-bit word and broadcast). Descriptions differ only in the order of the
+factors, so that a kernel matches whichever way its multiply is written (data x weight or weight
+x data): tensorize matches the body structurally.
 
-Exactness: the operands are integers of at most 16 bits (uint8 activations, int8 / int16
+- pairs of int16 (``g = 2``), AVX2: ``vpmaddwd`` multiplies 16 pairs and adds adjacent products
+  into 8 int32, then ``vpaddd`` -- the exact integer dot product AVX2 has (``vpmaddubsw``, u8 x s8,
+  saturates its int16 sums, so it is not exact for uint8 activations and int8 weights). With
+  AVX512-VNNI (``avx512vl``, 256-bit registers) the two fuse into ``vpdpwssd``.
+- quads of bytes (``g = 4``), one operand uint8 and the other int8, AVX512-VNNI: ``vpdpbusd``
+  multiplies 32 u8 x s8 pairs and adds each 4 products and the accumulator, without saturation:
+  four times the multiply-adds of the pair step per instruction, exact.
+
+VNNI steps use 256-bit registers: on Zen 4 a 512-bit op is two 256-bit halves, so ymm registers
+lose no throughput, and the schedules' tile model (8 lanes, 16 registers) stays the same.
+
+``isa="emulated-vnni"`` registers the quad step with a portable implementation (the same
+operands, layouts and descriptions; plain vector arithmetic instead of ``vpdpbusd``): the tests
+run every VNNI schedule bit for bit on CPUs without VNNI, and check separately that the VNNI
+implementation compiles to ``vpdpbusd`` (LLVM 22 declares its operands as <32 x i8>; TVM's stock
+VNNI intrinsic passes <8 x i32> and fails LLVM's verifier).
+
+Exactness: pair operands are integers of at most 16 bits (uint8 activations, int8 / int16
 weights, int16 activations, all within +-32767); ``a*b + c*d`` then stays below 2**31 in magnitude,
 and the int32 accumulator, which tvm_mpq only picks when the whole sum fits, never wraps (the int64
-variant widens each pair sum before adding it).
+variant widens each pair sum before adding it). A quad's four u8 x s8 products stay below 2**17.
 """
 
 from __future__ import annotations
@@ -23,42 +37,66 @@ from __future__ import annotations
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-__all__ = ["PMADDWD_BCAST_FIRST", "PMADDWD_LANES", "PMADDWD_VEC_FIRST", "intrin_name"]
+__all__ = ["DOT_LANES", "ISAS", "dot_intrin"]
 
-PMADDWD_LANES = 8
-PMADDWD_VEC_FIRST = "tvm_mpq_avx2_pmaddwd_8x2_vec_first"
-PMADDWD_BCAST_FIRST = "tvm_mpq_avx2_pmaddwd_8x2_bcast_first"
+DOT_LANES = 8  # accumulator lanes of one step (one 256-bit register of int32)
+ISAS = ("avx2", "vnni", "emulated-vnni")
 
 
-def _make(acc: str):
-    """Descriptions (vector operand first / broadcast operand first) and implementation of the
-    8-lane pair step with an ``acc`` ("int32" or "int64") accumulator. The int64 variant widens
-    the exact int32 pair sums before adding (w16a16 layers whose sums can exceed int32)."""
-    lanes = f"{acc}x8"
+def _description(group: int, a_dtype: str, b_dtype: str, acc: str, vec_first: bool):
+    """The step's semantics, with the multiply's factors in the kernel's order."""
 
-    def desc(vec_first: bool):
+    @T.prim_func(s_tir=True)
+    def description(
+        A: T.Buffer((8, group), a_dtype, offset_factor=1),
+        B: T.Buffer((group,), b_dtype, offset_factor=1),
+        C: T.Buffer((8,), acc, offset_factor=1),
+    ) -> None:
         # ``vec_first`` is a Python bool: TVMScript keeps only the branch it selects
+        with T.sblock("root"):
+            if vec_first:  # the reads in the order the body reads them
+                T.reads(C[0:8], A[0:8, 0:group], B[0:group])
+            else:
+                T.reads(C[0:8], B[0:group], A[0:8, 0:group])
+            T.writes(C[0:8])
+            for i, k in T.grid(8, group):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    if vec_first:
+                        C[vi] = C[vi] + T.Cast(acc, A[vi, vk]) * T.Cast(acc, B[vk])
+                    else:
+                        C[vi] = C[vi] + T.Cast(acc, B[vk]) * T.Cast(acc, A[vi, vk])
+
+    return description
+
+
+def _pair_impl(acc: str, isa: str):
+    """8 lanes x a pair of int16: ``vpmaddwd`` (+ ``vpaddd``; the int64 variant widens the exact
+    int32 pair sums first) or, with VNNI (int32 accumulators), ``vpdpwssd``."""
+    lanes = f"{acc}x8"
+    if isa == "vnni":
+
         @T.prim_func(s_tir=True)
-        def description(
+        def impl(
             A: T.Buffer((8, 2), "int16", offset_factor=1),
             B: T.Buffer((2,), "int16", offset_factor=1),
             C: T.Buffer((8,), acc, offset_factor=1),
         ) -> None:
             with T.sblock("root"):
-                if vec_first:  # the reads in the order the body reads them
-                    T.reads(C[0:8], A[0:8, 0:2], B[0:2])
-                else:
-                    T.reads(C[0:8], B[0:2], A[0:8, 0:2])
+                T.reads(C[0:8], A[0:8, 0:2], B[0:2])
                 T.writes(C[0:8])
-                for i, k in T.grid(8, 2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        if vec_first:
-                            C[vi] = C[vi] + T.Cast(acc, A[vi, vk]) * T.Cast(acc, B[vk])
-                        else:
-                            C[vi] = C[vi] + T.Cast(acc, B[vk]) * T.Cast(acc, A[vi, vk])
+                C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpwssd.256"),
+                    C.vload([0], dtype="int32x8"),
+                    A.vload([0, 0], dtype="int16x16"),
+                    T.reinterpret(
+                        T.broadcast(T.reinterpret(B.vload([0], dtype="int16x2"), dtype="int32"), 8),
+                        dtype="int16x16",
+                    ),
+                    dtype="int32x8",
+                )
 
-        return description
+        return impl
 
     @T.prim_func(s_tir=True)
     def impl(
@@ -84,24 +122,86 @@ def _make(acc: str):
                 ),
             )
 
-    return desc(True), desc(False), impl
+    return impl
 
 
-def intrin_name(acc: str, vec_first: bool) -> str:
-    """The registered intrinsic for an ``acc`` accumulator and the factor order of the kernel."""
-    base = PMADDWD_VEC_FIRST if vec_first else PMADDWD_BCAST_FIRST
-    return base if acc == "int32" else f"{base}_{acc}"
+def _quad_impl(a_dtype: str, b_dtype: str, isa: str):
+    """8 lanes x a quad of bytes, A the vector operand, B the broadcast one, one of them uint8:
+    ``vpdpbusd`` (its first multiplicand is the unsigned one), or the portable emulation."""
+    if isa == "vnni":
+        bcast = f"{b_dtype}x32"
+        unsigned_vector = a_dtype == "uint8"
+
+        @T.prim_func(s_tir=True)
+        def impl(
+            A: T.Buffer((8, 4), a_dtype, offset_factor=1),
+            B: T.Buffer((4,), b_dtype, offset_factor=1),
+            C: T.Buffer((8,), "int32", offset_factor=1),
+        ) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:8], A[0:8, 0:4], B[0:4])
+                T.writes(C[0:8])
+                if unsigned_vector:
+                    C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+                        C.vload([0], dtype="int32x8"),
+                        A.vload([0, 0], dtype=f"{a_dtype}x32"),
+                        T.reinterpret(T.broadcast(T.reinterpret(B.vload([0], dtype=f"{b_dtype}x4"), dtype="int32"), 8), dtype=bcast),
+                        dtype="int32x8",
+                    )
+                else:
+                    C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+                        C.vload([0], dtype="int32x8"),
+                        T.reinterpret(T.broadcast(T.reinterpret(B.vload([0], dtype=f"{b_dtype}x4"), dtype="int32"), 8), dtype=bcast),
+                        A.vload([0, 0], dtype=f"{a_dtype}x32"),
+                        dtype="int32x8",
+                    )
+
+        return impl
+
+    @T.prim_func(s_tir=True)
+    def emulated(
+        A: T.Buffer((8, 4), a_dtype, offset_factor=1),
+        B: T.Buffer((4,), b_dtype, offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:8, 0:4], B[0:4])
+            T.writes(C[0:8])
+            # the vector operand through a flat alias: a vector index may only be the last
+            Af = T.decl_buffer((32,), a_dtype, data=A.data, elem_offset=A.elem_offset)
+            C[T.ramp(T.int32(0), 1, 8)] = (
+                C.vload([0], dtype="int32x8")
+                + T.Cast("int32x8", Af[T.ramp(T.int32(0), 4, 8)]) * T.broadcast(T.Cast("int32", B[0]), 8)
+                + T.Cast("int32x8", Af[T.ramp(T.int32(1), 4, 8)]) * T.broadcast(T.Cast("int32", B[1]), 8)
+                + T.Cast("int32x8", Af[T.ramp(T.int32(2), 4, 8)]) * T.broadcast(T.Cast("int32", B[2]), 8)
+                + T.Cast("int32x8", Af[T.ramp(T.int32(3), 4, 8)]) * T.broadcast(T.Cast("int32", B[3]), 8)
+            )
+
+    return emulated
 
 
-def _register() -> None:
-    for acc in ("int32", "int64"):
-        desc_vec, desc_bcast, impl = _make(acc)
-        for vec_first, desc in ((True, desc_vec), (False, desc_bcast)):
-            name = intrin_name(acc, vec_first)
-            try:
-                TensorIntrin.get(name)
-            except Exception:  # noqa: BLE001 - not registered yet in this process
-                TensorIntrin.register(name, desc, impl)
-
-
-_register()
+def dot_intrin(operand_dtypes: tuple[str, str], acc: str, vec_first: bool, isa: str = "avx2") -> str | None:
+    """The registered intrinsic (registered on first use) for a step with vector operand / broadcast
+    operand dtypes ``operand_dtypes`` -- ("int16", "int16") for pairs, ("uint8", "int8") or
+    ("int8", "uint8") for quads -- an ``acc`` accumulator and the kernel's factor order; None where
+    ``isa`` has no such step (quads need VNNI and int32 accumulators)."""
+    if isa not in ISAS:
+        raise ValueError(f"isa must be one of {ISAS}, not {isa!r}")
+    a_dtype, b_dtype = operand_dtypes
+    group = 2 if operand_dtypes == ("int16", "int16") else 4
+    if group == 4 and (isa == "avx2" or acc != "int32" or {a_dtype, b_dtype} != {"uint8", "int8"}):
+        return None
+    if group == 2 and acc not in ("int32", "int64"):
+        return None
+    # pairs with int64 accumulators (vpdpwssd adds into int32) and the emulation's pairs: AVX2's
+    impl_isa = "avx2" if group == 2 and (isa == "emulated-vnni" or acc != "int32") else isa
+    order = "vec_first" if vec_first else "bcast_first"
+    name = f"tvm_mpq_{impl_isa.replace('-', '_')}_dot_8x{group}_{a_dtype}_{b_dtype}_{acc}_{order}"
+    try:
+        TensorIntrin.get(name)
+    except Exception:  # noqa: BLE001 - not registered yet in this process
+        impl = _pair_impl(acc, impl_isa) if group == 2 else _quad_impl(a_dtype, b_dtype, impl_isa)
+        TensorIntrin.register(name, _description(group, a_dtype, b_dtype, acc, vec_first), impl)
+    return name
