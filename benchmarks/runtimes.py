@@ -310,16 +310,37 @@ class _CalibReader:
         return next(self._it, None)
 
 
+def export_onnx(case: ModelCase, path: Path) -> None:
+    """The float model as ONNX (TorchScript exporter, opset 17: the dynamo exporter needs
+    ``onnxscript``)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(case.model, case.torch_inputs(), str(path), dynamo=False, opset_version=17,
+                          input_names=case.input_names, output_names=["output"], do_constant_folding=True)
+
+
+def quantize_qdq(src: Path, dst: Path, case: ModelCase, reduce_range: bool = False) -> None:
+    """ONNX Runtime's static int8 QDQ recipe: u8 activations, s8 per-channel weights, MinMax on
+    the case's calibration samples."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    with _quiet_root_logger():  # per-channel axis warnings for every LayerNorm weight
+        quantize_static(str(src), str(dst), _CalibReader(case.input_names, case.calib),
+                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range)
+
+
 def ort_rows(case: ModelCase, workdir: Path) -> list[Row]:
     names = ("ONNX Runtime fp32", "ONNX Runtime int8 QDQ")
     try:
         import onnx  # noqa: F401
         import onnxruntime as ort
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+        from onnxruntime.quantization import QuantType, quantize_dynamic
     except ImportError as e:
         why = f"package missing ({e}); pip install onnxruntime onnx"
         return [Row(n, "ort", skip=why) for n in names]
-    import torch
 
     fp32_path, pre_path, int8_path, dyn_path = (workdir / f"{case.key}{s}.onnx"
                                                 for s in ("", "-pre", "-int8", "-dyn"))
@@ -327,10 +348,7 @@ def ort_rows(case: ModelCase, workdir: Path) -> list[Row]:
     paths = [fp32_path, int8_path]
     t0 = time.perf_counter()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(case.model, case.torch_inputs(), str(fp32_path), dynamo=False, opset_version=17,
-                              input_names=case.input_names, output_names=["output"], do_constant_folding=True)
+        export_onnx(case, fp32_path)
     except Exception as e:  # noqa: BLE001
         why = f"torch.onnx.export failed: {_short(e)}"
         return [Row(n, "ort", skip=why) for n in names]
@@ -346,10 +364,7 @@ def ort_rows(case: ModelCase, workdir: Path) -> list[Row]:
             src, pre = pre_path, "quant_pre_process; "
         except Exception as e:  # noqa: BLE001 - optional step
             pre = f"quant_pre_process failed ({_short(e, 60)}), quantized the raw export; "
-        with _quiet_root_logger():  # per-channel axis warnings for every LayerNorm weight
-            quantize_static(str(src), str(int8_path), _CalibReader(case.input_names, case.calib),
-                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, per_channel=True)
+        quantize_qdq(src, int8_path, case)
         rows[1].compile_s = time.perf_counter() - t0
         rows[1].note = f"{pre}quantize_static QDQ, u8 activations, s8 per-channel weights, MinMax, " \
                        f"{len(case.calib)} samples"
@@ -362,10 +377,7 @@ def ort_rows(case: ModelCase, workdir: Path) -> list[Row]:
     paths.append(rr_path)
     t0 = time.perf_counter()
     try:
-        with _quiet_root_logger():
-            quantize_static(str(src), str(rr_path), _CalibReader(case.input_names, case.calib),
-                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+        quantize_qdq(src, rr_path, case, reduce_range=True)
         rows[-1].compile_s = time.perf_counter() - t0
         rows[-1].note = "as int8 QDQ, reduce_range=True (7-bit weights: no vpmaddubsw saturation)"
     except Exception as e:  # noqa: BLE001
