@@ -1,4 +1,5 @@
-"""Template schedule for float32 depthwise convs (NCHW), one channel plane at a time.
+"""Template schedule for float32 depthwise convs (NCHW), one channel plane at a time; max pools
+(the same window reduction with ``max`` and no weights) take it too.
 
 A depthwise conv has no axis shared by many outputs: each output reads 9 inputs and 9 weights of
 its own channel, so what limits it is not arithmetic but moving and converting its input -- and
@@ -33,8 +34,9 @@ __all__ = ["DepthwiseConv"]
 
 class DepthwiseConv(CPUScheduleRule):
     """Float depthwise conv (3 spatial axes c, y, x; 2 reduction axes ky, kx; stride 1 or 2)
-    with its fused epilogue; see the module docstring. ``accumulators``: vector registers the
-    tile may hold (more rows hide the FMA latency; too many and LLVM spills the broadcasts)."""
+    with its fused epilogue, or a float max pool of the same shape; see the module docstring.
+    ``accumulators``: vector registers the tile may hold (more rows hide the FMA latency; too
+    many and LLVM spills the broadcasts)."""
 
     def __init__(self, vector_lanes: int = 8, accumulators: int = 8):
         self.vector_lanes = vector_lanes
@@ -69,16 +71,19 @@ class DepthwiseConv(CPUScheduleRule):
         if not (isinstance(store, tirx.BufferStore) and str(store.buffer.dtype) == "float32"):
             return None
         value = store.value
-        if not (isinstance(value, tirx.Add) and isinstance(value.b, tirx.Mul)):
-            return None
-        loads = [value.b.a, value.b.b]
-        if not all(isinstance(ld, tvm.ir.TensorLoad) for ld in loads):
-            return None
-        inp = [ld for ld in loads if y in S._vars(ld.indices[-2])]
-        wgt = [ld for ld in loads if not (S._vars(ld) & {y, x})]
-        if len(inp) != 1 or len(wgt) != 1 or not any(c in S._vars(i) for i in wgt[0].indices):
-            return None
-        inp = inp[0]
+        if isinstance(value, tirx.Max) and isinstance(value.b, tvm.ir.TensorLoad):
+            inp = value.b  # a max pool: acc = max(acc, x[...]), no weight
+        else:
+            if not (isinstance(value, tirx.Add) and isinstance(value.b, tirx.Mul)):
+                return None
+            loads = [value.b.a, value.b.b]
+            if not all(isinstance(ld, tvm.ir.TensorLoad) for ld in loads):
+                return None
+            inp = [ld for ld in loads if y in S._vars(ld.indices[-2])]
+            wgt = [ld for ld in loads if not (S._vars(ld) & {y, x})]
+            if len(inp) != 1 or len(wgt) != 1 or not any(c in S._vars(i) for i in wgt[0].indices):
+                return None
+            inp = inp[0]
         # [..., c, y * s + ky, x * s + kx]: the same stride on both axes, the kernel taps at unit stride
         s = S._stride(inp.indices[-1], x)
         if s not in (1, 2) or S._stride(inp.indices[-2], y) != s:

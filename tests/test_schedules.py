@@ -285,6 +285,40 @@ def test_depthwise_plane_template_float():
     _assert_depthwise_templated(mod, len(cases))
 
 
+def _ref_max_pool(x, size, strides, padding):
+    top, left, bottom, right = padding
+    xp = np.pad(x, [(0, 0), (0, 0), (top, bottom), (left, right)], constant_values=-np.inf)
+    oh = (xp.shape[2] - size[0]) // strides[0] + 1
+    ow = (xp.shape[3] - size[1]) // strides[1] + 1
+    out = np.full(x.shape[:2] + (oh, ow), -np.inf, x.dtype)
+    for ky in range(size[0]):
+        for kx in range(size[1]):
+            win = xp[:, :, ky : ky + strides[0] * oh : strides[0], kx : kx + strides[1] * ow : strides[1]]
+            out = np.maximum(out, win)
+    return out
+
+
+def test_max_pool_plane_template_exact():
+    """Float max pools take the plane template (max instead of the FMA, no weights): ResNet's
+    3x3 stride-2 pool, stride 1, an unpadded 2x2, rows of 7 pixels -- exact against numpy."""
+    specs = [((1, 5, 12, 16), (3, 3), (2, 2), (1, 1, 1, 1)), ((1, 3, 7, 24), (3, 3), (1, 1), (1, 1, 1, 1)),
+             ((1, 4, 10, 16), (2, 2), (2, 2), (0, 0, 0, 0)), ((1, 6, 9, 7), (3, 3), (1, 1), (1, 1, 1, 1))]  # fmt: skip
+    rng = np.random.default_rng(17)
+    xs = [rng.normal(size=shape).astype("float32") for shape, *_ in specs]
+    params = [_tensor_var(f"x{j}", x.shape, "float32") for j, x in enumerate(xs)]
+
+    def body(bb):
+        return [
+            bb.emit(relax.op.nn.max_pool2d(xv, size, strides, padding))
+            for xv, (_, size, strides, padding) in zip(params, specs)
+        ]
+
+    got, mod = _build_run(params, body, xs)
+    for g, x, (_, size, strides, padding) in zip(got, xs, specs):
+        np.testing.assert_array_equal(g, _ref_max_pool(x, size, strides, padding), err_msg=str(x.shape))
+    _assert_depthwise_templated(mod, len(specs))
+
+
 # ---------------------------------------------------------------------------------------------
 # dense / matmul
 # ---------------------------------------------------------------------------------------------
