@@ -365,9 +365,9 @@ class TiledReduction(CPUScheduleRule):
     # -- the tile shape
     def _tile(
         self, v_ext: int, b_ext: int | None, lanes: int, narrow: bool, pairs: bool = False, window: bool = False,
-        fused_dot: bool = False,
-    ) -> tuple[int, int]:
-        """(vector length, block rows) from a small cost model of one reduction step.
+        fused_dot: bool = False, row_ext: int | None = None,
+    ) -> tuple[int, int, int]:
+        """(vector length, block rows, vector rows) from a small cost model of one reduction step.
 
         Per row and accumulator register: a multiply and an add (an FMA for float); per row: a
         broadcast of the row operand (a load for 32-bit values; load, shuffle and extend for
@@ -378,14 +378,20 @@ class TiledReduction(CPUScheduleRule):
         broadcast within the 16 registers; ragged tiles count their wasted rows. ``narrow``: the
         operands are integers narrower than the accumulator.
 
-        ``TVM_MPQ_TILE=bf,vi`` overrides the choice for every kernel (to reproduce the tile
+        ``row_ext`` (pair tiles over pixels): the extent of a second axis only the vector operand
+        depends on (output rows of a conv); a tile may then hold 2-4 such vectors, which share
+        each broadcast -- on 56-pixel rows, where vectors cannot be longer than 8 without ragged
+        tiles, 2 rows x 4 channels x 8 pixels beat 8 x 8 (ResNet-18's 3x3 64->64 @56 int8,
+        ``benchmarks/profile_model.py --model resnet18``).
+
+        ``TVM_MPQ_TILE=bf,vi[,rows]`` overrides the choice for every kernel (to reproduce the tile
         comparisons quoted below, e.g. ``TVM_MPQ_TILE=4,16 .venv/bin/python benchmarks/kernels.py
         --no-e2e --threads 1 --dtypes fp32 --only "512->512"``); a pair tile that does not divide
         its block axis falls back to the regular path."""
         forced = os.environ.get("TVM_MPQ_TILE")
         if forced:
-            bf, vi = (int(t) for t in forced.split(","))
-            return vi, bf
+            bf, vi, rows = ([int(t) for t in forced.split(",")] + [1])[:3]
+            return vi, bf, rows
         if v_ext % lanes:
             vis = [v_ext]  # one odd-length vector (depthwise rows of 7, 14, 28 pixels)
         else:
@@ -404,8 +410,11 @@ class TiledReduction(CPUScheduleRule):
         for vi in vis:
             regs = -(-vi // lanes)
             if b_ext is None:
-                options.append((1.0, vi, 1))
+                options.append((1.0, vi, 1, 1))
                 continue
+            row_options = [1]
+            if pairs and row_ext:
+                row_options += [r for r in (2, 3, 4) if row_ext % r == 0]
             bmax = max(1, min(self.max_block, (self.registers - 1 - regs) // regs, b_ext))
             if window and not pairs:
                 # at most 10 accumulators under a kernel window: LLVM interleaves its unrolled
@@ -427,16 +436,23 @@ class TiledReduction(CPUScheduleRule):
                     continue  # tensorize does not take the predicate of a ragged tile
                 if window and not pairs and b_ext % bf:
                     continue  # ragged tiles under a window: 3x3 s2 64->128 @56 fp32 5x16 45, 4x16 85 GOP/s
-                useful = bf * vi * b_ext / (-(-b_ext // bf) * bf)
-                cost = mac * bf * regs + bcast * bf + vload * regs
-                options.append((useful / cost, vi, bf))
+                for rows in row_options:
+                    if rows > 1 and (bf + 1) * regs * rows + 1 > self.registers:
+                        continue  # accumulators, the vectors and a broadcast in the registers
+                    useful = bf * vi * rows * b_ext / (-(-b_ext // bf) * bf)
+                    cost = mac * bf * regs * rows + bcast * bf + vload * regs * rows
+                    options.append((useful / cost, vi, bf, rows))
         # Among tiles the model rates within 10% of the best, take the one with the most
         # accumulators, then the most rows: it re-reads the vector operand (the weights) fewest
         # times and hides the FMA latency better -- the model counts neither (dense 128x384x384,
-        # one thread: fp32 2x32 61 -> 6x16 93 GFLOP/s; int8 2x32 105 -> 4x16 131 GOP/s).
+        # one thread: fp32 2x32 61 -> 6x16 93 GFLOP/s; int8 2x32 105 -> 4x16 131 GOP/s); then
+        # the fewest vector rows.
         top = max(options)[0]
-        best = max((o for o in options if o[0] >= 0.9 * top), key=lambda o: (o[2] * -(-o[1] // lanes), o[2], o[0]))
-        return best[1], best[2]
+        best = max(
+            (o for o in options if o[0] >= 0.9 * top),
+            key=lambda o: (o[2] * -(-o[1] // lanes) * o[3], o[2], -o[3], o[0]),
+        )
+        return best[1], best[2], best[3]
 
     @staticmethod
     def _axes(sch, rinfo):
@@ -520,7 +536,7 @@ class TiledReduction(CPUScheduleRule):
             sch.transform_layout(rblock, ("write", 0), _permute(perm))
         in_bits = [_dtype_bits(r.source.dtype) for r in sch.get(rblock).reads]
         narrow = "int" in str(block.writes[0].source.dtype) and max(in_bits) < acc_bits
-        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, lanes, narrow, window=len(ext) - ns > 1)
+        vi, bf, _ = self._tile(ext[v], ext[b] if b is not None else None, lanes, narrow, window=len(ext) - ns > 1)
         depthwise = False
         if b is None and v == ns - 1 and ns >= 2 and ext[ns - 2] > 1 and vi % lanes == 0:
             # No axis the vector operand ignores (depthwise conv): block output rows anyway --
@@ -710,8 +726,18 @@ class TiledReduction(CPUScheduleRule):
 
         acc_lanes = lanes * 32 // _dtype_bits(acc)
         fused_dot = self.dot_isa != "avx2" and (quads or acc == "int32")  # the emulation: VNNI's tiles
-        vi, bf = self._tile(ext[v], ext[b] if b is not None else None, acc_lanes, False, pairs=True, fused_dot=fused_dot)
-        if vi % DOT_LANES:
+        # A row axis: another output axis only the vector operand reads (a conv's output rows
+        # when the vectors run over pixels); the tile may hold vectors of several such rows.
+        row_axes = [
+            i for i in range(ns)
+            if i not in (v, b) and ext[i] > 1 and svars[i] in used[kv] and svars[i] not in used[kb]
+        ] if b is not None else []  # fmt: skip
+        row = row_axes[0] if len(row_axes) == 1 else None
+        vi, bf, rows = self._tile(
+            ext[v], ext[b] if b is not None else None, acc_lanes, False, pairs=True, fused_dot=fused_dot,
+            row_ext=ext[row] if row is not None else None,
+        )
+        if vi % DOT_LANES or (rows > 1 and (row is None or ext[row] % rows)):
             return False
         # Operand layouts: [..., r // 2, (v,) r % 2] in int16 (quads: [..., r // 4, (v,) r % 4] in
         # their own bytes); a weight read along the vector axis is blocked by the tile's vector
@@ -738,9 +764,15 @@ class TiledReduction(CPUScheduleRule):
         reduction = reduction[:ri] + [r2] + reduction[ri + 1 :]
         if _DEBUG:
             mode = "channels" if v != ns - 1 else ("pixels" if b is not None else "row")
-            print(f"[tvm_mpq.schedules]   {'quads' if quads else 'pairs'} {mode}: axes {ext[:ns]} reduce {ext[ns:]} tile {bf}x{vi}")
+            print(f"[tvm_mpq.schedules]   {'quads' if quads else 'pairs'} {mode}: axes {ext[:ns]} reduce {ext[ns:]} "
+                  f"tile {bf}x{vi}" + (f" x {rows} rows" if rows > 1 else ""))
         v_o, v_i = sch.split(spatial[v], [None, vi])
         v_io, v8 = sch.split(v_i, [None, DOT_LANES])
+        row_i = []
+        if rows > 1:
+            spatial = list(spatial)
+            spatial[row], r_i = sch.split(spatial[row], [None, rows])
+            row_i = [r_i]
         if b is not None:
             b_o, b_i = sch.split(spatial[b], [None, bf])
             rest = [i for i in range(ns) if i not in (v, b)]
@@ -754,7 +786,7 @@ class TiledReduction(CPUScheduleRule):
                 outer = [spatial[i] for i in rest] + [big_o, small_o]
             else:
                 outer = [big_o] + [spatial[i] for i in rest] + [small_o]
-            inner = [b_i, v_io]
+            inner = [b_i, *row_i, v_io]
         else:
             outer = [l for i, l in enumerate(spatial) if i != v] + [v_o]
             inner = [v_io]

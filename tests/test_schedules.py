@@ -137,6 +137,8 @@ PAIR_CONV_CASES = [
     # 14 pixels (a 7-row tile), an even and an odd count of input-channel pairs
     ("pairs_channels_deep_w14", (1, 36, 3, 14), 48, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     ("pairs_channels_deep_odd_pairs", (1, 34, 2, 7), 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    # one 8-pixel vector per row: tiles of 2 rows x 6 channels share the weight broadcasts
+    ("pairs_pixels_row_block_3x3", (1, 8, 6, 8), 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
 ]
 
 
@@ -177,6 +179,18 @@ def test_conv2d_templates_bit_exact(bits, act):
     _assert_templated(mod, len(cases))
     if bits == 16 and act_dtype == "int16":
         assert {p[2] for p in prepared} == {"int64"}  # int64 accumulators, in every tiling
+
+
+def test_pair_tiles_block_vector_rows_where_vectors_are_short():
+    """Pixel vectors limited to one register (8-pixel rows, or 56 = 7 x 8) take tiles of several
+    output rows, sharing each broadcast weight pair; vectors over channels (no such axis) and
+    the regular path do not."""
+    rule = TiledReduction(LANES)
+    assert rule._tile(8, 12, 8, False, pairs=True, row_ext=6) == (8, 6, 2)  # PAIR_CONV_CASES' row block
+    assert rule._tile(56, 64, 8, False, pairs=True, row_ext=56) == (8, 4, 2)  # ResNet-18's 64 @56
+    assert rule._tile(112, 96, 8, False, pairs=True, row_ext=112)[2] == 1  # 16-pixel vectors: one row
+    assert rule._tile(56, 64, 8, False, pairs=True)[2] == 1
+    assert rule._tile(56, 64, 8, False)[2] == 1
 
 
 def test_int4_weights_unpacked_once_at_compile_time():

@@ -131,7 +131,7 @@ def _tile(v: int, b: int | None, lanes: int, narrow: bool, pairs: bool) -> tuple
     ``TiledReduction._tile`` itself, so the features follow the schedules."""
     from tvm_mpq.targets.schedules import TiledReduction
 
-    vi, bf = TiledReduction()._tile(int(v), None if not b else int(b), int(lanes), bool(narrow), bool(pairs))
+    vi, bf, _ = TiledReduction()._tile(int(v), None if not b else int(b), int(lanes), bool(narrow), bool(pairs))
     return int(vi), int(bf)
 
 
