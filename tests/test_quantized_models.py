@@ -69,6 +69,18 @@ def test_mobilenet_realized_agrees_with_simulated(mobilenet, candidate):
         assert ("int4 (packed uint8)", "int32") in kinds and ("float32", "float32") in kinds
 
 
+def test_mobilenet_vnni_schedules_agree_bit_for_bit(mobilenet, monkeypatch):
+    """The VNNI kernels (byte quads; vpdpbusd emulated, this CPU may lack VNNI: tests/test_vnni.py)
+    on a whole realized MobileNetV2 w8a8: the same outputs as the AVX2 module, bit for bit."""
+    from tvm_mpq.targets import pipeline, schedules
+
+    q, x, _ = mobilenet
+    avx2 = q.realize("w8a8").run(x[:BATCH])[0]
+    monkeypatch.setattr(pipeline, "template_rules", lambda ti: schedules.rules(8, dot_isa="emulated-vnni"))
+    vnni = q.realize("w8a8").run(x[:BATCH])[0]
+    np.testing.assert_array_equal(vnni, avx2)
+
+
 @pytest.fixture(scope="module")
 def minilm():
     from tvm_mpq.datasets import sts_dev
