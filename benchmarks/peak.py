@@ -9,7 +9,9 @@ register-only loops of ``vfmadd231ps`` (fp32), ``vpmaddwd`` + ``vpaddd`` (int16 
 exact integer path for int8 and int16) and ``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd`` (the
 saturating u8 x s8 path ONNX Runtime's AVX2 kernels use), one thread, best of 5, compiled here with
 the system C compiler (``cc``; absent: ``measured_peaks`` returns None and callers fall back to
-the nominal figures, saying so).
+the nominal figures, saying so). Where the CPU has AVX512-VNNI, benchmarks/native/peak_vnni.c adds
+``vpdpbusd`` (u8 x s8) and ``vpdpwssd`` (int16) loops: the steps of tvm_mpq's VNNI kernels
+(targets/x86.py). Not run on the development machine, which has no VNNI.
 """
 
 from __future__ import annotations
@@ -21,26 +23,39 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-SOURCE = Path(__file__).resolve().parent / "native" / "peak_avx2.c"
+NATIVE = Path(__file__).resolve().parent / "native"
+SOURCE = NATIVE / "peak_avx2.c"
+VNNI_SOURCE = NATIVE / "peak_vnni.c"
 
 
-@lru_cache(maxsize=1)
-def measured_peaks() -> dict | None:
-    """{"fp32", "int16_pairs", "u8s8_saturating"} in G(FL)OP/s per core, or None without a C compiler
-    or AVX2."""
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        return None
+def _run_native(cc: str, source: Path, flags: list[str]) -> dict | None:
     with tempfile.TemporaryDirectory() as tmp:
-        exe = Path(tmp) / "peak_avx2"
-        build = subprocess.run([cc, "-O2", "-mavx2", "-mfma", str(SOURCE), "-o", str(exe)],
-                               capture_output=True, text=True)
+        exe = Path(tmp) / source.stem
+        build = subprocess.run([cc, "-O2", *flags, str(source), "-o", str(exe)], capture_output=True, text=True)
         if build.returncode != 0:
             return None
         run = subprocess.run([str(exe), "5"], capture_output=True, text=True, timeout=300)
         if run.returncode != 0:
             return None
         return json.loads(run.stdout)
+
+
+@lru_cache(maxsize=1)
+def measured_peaks() -> dict | None:
+    """{"fp32", "int16_pairs", "u8s8_saturating"} in G(FL)OP/s per core (plus "u8s8_vnni" and
+    "int16_vnni" where the CPU has AVX512-VNNI), or None without a C compiler or AVX2."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        return None
+    peaks = _run_native(cc, SOURCE, ["-mavx2", "-mfma"])
+    if peaks is None:
+        return None
+    from tvm_mpq.targets import host_target
+
+    host = host_target()
+    if host.has_vnni and "avx512vl" in host.features:  # the loops use the 256-bit EVEX forms
+        peaks.update(_run_native(cc, VNNI_SOURCE, ["-mavx2", "-mavx512vnni", "-mavx512vl"]) or {})
+    return peaks
 
 
 def main():
@@ -51,6 +66,11 @@ def main():
     print(f"  fp32 FMA                        {peaks['fp32']:7.1f} GFLOP/s")
     print(f"  int16 pairs (vpmaddwd+vpaddd)   {peaks['int16_pairs']:7.1f} GOP/s   tvm_mpq's int8/int16 path")
     print(f"  u8 x s8 (vpmaddubsw, saturates) {peaks['u8s8_saturating']:7.1f} GOP/s   ONNX Runtime's AVX2 int8 path")
+    if "u8s8_vnni" in peaks:
+        print(f"  u8 x s8 (vpdpbusd, VNNI)        {peaks['u8s8_vnni']:7.1f} GOP/s   tvm_mpq's int8 path on VNNI")
+        print(f"  int16 pairs (vpdpwssd, VNNI)    {peaks['int16_vnni']:7.1f} GOP/s   tvm_mpq's int16 path on VNNI")
+    else:
+        print("  (no AVX512-VNNI on this CPU: the vpdpbusd / vpdpwssd loops were not run)")
 
 
 if __name__ == "__main__":
