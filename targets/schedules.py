@@ -398,14 +398,6 @@ class TiledReduction(CPUScheduleRule):
             vis = [v for v in (4 * lanes, 2 * lanes, lanes) if v_ext % v == 0]
         if pairs:
             vis = [v for v in vis if v % DOT_LANES == 0] or vis
-        mac, bcast, vload = (2, 4, 2) if narrow else (1, 1, 0.5)
-        if pairs:  # vpmaddwd on int16 pairs: broadcasts and vector loads are plain loads
-            mac, bcast, vload = (1 if fused_dot else 2, 1, 1)
-        elif window and not narrow:
-            # under a kernel window the weights outgrow L1 (3x3 x C_in per output channel) and
-            # each vector load comes from L2: more rows per load pay (3x3 conv 512->512 @7 fp32,
-            # one thread: 1x32 32, 7x8 81 GOP/s)
-            vload = 1.5
         options = []
         for vi in vis:
             regs = -(-vi // lanes)
@@ -439,9 +431,8 @@ class TiledReduction(CPUScheduleRule):
                 for rows in row_options:
                     if rows > 1 and (bf + 1) * regs * rows + 1 > self.registers:
                         continue  # accumulators, the vectors and a broadcast in the registers
-                    useful = bf * vi * rows * b_ext / (-(-b_ext // bf) * bf)
-                    cost = mac * bf * regs * rows + bcast * bf + vload * regs * rows
-                    options.append((useful / cost, vi, bf, rows))
+                    score = self.tile_score(vi, bf, rows, b_ext, lanes, narrow, pairs, window, fused_dot)
+                    options.append((score, vi, bf, rows))
         # Among tiles the model rates within 10% of the best, take the one with the most
         # accumulators, then the most rows: it re-reads the vector operand (the weights) fewest
         # times and hides the FMA latency better -- the model counts neither (dense 128x384x384,
@@ -453,6 +444,25 @@ class TiledReduction(CPUScheduleRule):
             key=lambda o: (o[2] * -(-o[1] // lanes) * o[3], o[2], -o[3], o[0]),
         )
         return best[1], best[2], best[3]
+
+    @staticmethod
+    def tile_score(
+        vi: int, bf: int, rows: int, b_ext: int | None, lanes: int, narrow: bool, pairs: bool = False,
+        window: bool = False, fused_dot: bool = False,
+    ) -> float:
+        """Useful multiply-adds per unit of issue cost of one reduction step of a ``bf`` x ``vi``
+        (x ``rows``) tile: ``_tile``'s cost model (see there), also a feature of the latency model."""
+        mac, bcast, vload = (2, 4, 2) if narrow else (1, 1, 0.5)
+        if pairs:  # vpmaddwd on int16 pairs: broadcasts and vector loads are plain loads
+            mac, bcast, vload = (1 if fused_dot else 2, 1, 1)
+        elif window and not narrow:
+            # under a kernel window the weights outgrow L1 (3x3 x C_in per output channel) and
+            # each vector load comes from L2: more rows per load pay (3x3 conv 512->512 @7 fp32,
+            # one thread: 1x32 32, 7x8 81 GOP/s)
+            vload = 1.5
+        regs = -(-vi // lanes)
+        useful = bf * vi * rows * (b_ext / (-(-b_ext // bf) * bf) if b_ext else 1.0)
+        return useful / (mac * bf * regs * rows + bcast * bf + vload * regs * rows)
 
     @staticmethod
     def _axes(sch, rinfo):

@@ -14,6 +14,7 @@ build/aarch64; skips, saying which is missing, otherwise.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import shutil
@@ -127,6 +128,11 @@ def test_cross_compiled_module_runs_under_qemu(server, quantizers, config, tmp_p
     while isinstance(got, (tuple, list)):  # the torch frontend returns a tuple of outputs
         got = got[0]
     got = got.numpy()
+    # Close the RPC session now: the server serves one session at a time, and the VM and module
+    # objects sit in reference cycles, so the next test's connect would wait for a garbage
+    # collection -- or for the session timeout (600 s).
+    del vm, lib, dev, remote
+    gc.collect()
     want = host.realize(config).run(x)
     # Integer kernels are exact; the float epilogue may round differently (FMA contraction).
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

@@ -118,12 +118,11 @@ def _cdiv(a: float, b: float) -> float:
 
 
 def _tile_cost(vi: int, bf: int, b: int | None, lanes: int, narrow: bool, pairs: bool) -> float:
-    """Useful MACs per unit of issue cost of a ``bf`` x ``vi`` register tile (the cost model of
-    ``tvm_mpq.targets.schedules.TiledReduction._tile``)."""
-    mac, bcast, vload = (2, 1, 1) if pairs else ((2, 4, 2) if narrow else (1, 1, 0.5))
-    regs = _cdiv(vi, lanes)
-    useful = bf * vi * (b / (_cdiv(b, bf) * bf) if b else 1.0)
-    return float(useful / (mac * bf * regs + bcast * bf + vload * regs))
+    """Useful MACs per unit of issue cost of a ``bf`` x ``vi`` register tile, by the template
+    schedules' own cost model (``TiledReduction.tile_score``)."""
+    from tvm_mpq.targets.schedules import TiledReduction
+
+    return float(TiledReduction.tile_score(int(vi), int(bf), 1, None if not b else int(b), int(lanes), narrow, pairs))
 
 
 def _tile(v: int, b: int | None, lanes: int, narrow: bool, pairs: bool) -> tuple[int, int]:
