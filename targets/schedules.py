@@ -372,11 +372,11 @@ class TiledReduction(CPUScheduleRule):
         Per row and accumulator register: a multiply and an add (an FMA for float); per row: a
         broadcast of the row operand (a load for 32-bit values; load, shuffle and extend for
         narrow integers -- the shuffle ports are what limits int8 kernels on AVX2); per register
-        of the vector operand: a load (plus an extend for narrow integers); ``fused_dot``: the
-        pair / quad step is one instruction (VNNI), not a multiply and an add. Vectors of one to four
-        whole registers (odd lengths make LLVM spill); accumulators, the vector operand and a
+        of the vector operand: a load (plus an extend for narrow integers). Vectors of one to
+        four whole registers (odd lengths make LLVM spill); accumulators, the vector operand and a
         broadcast within the 16 registers; ragged tiles count their wasted rows. ``narrow``: the
-        operands are integers narrower than the accumulator.
+        operands are integers narrower than the accumulator; ``fused_dot``: the pair / quad step
+        is one instruction (VNNI), not a multiply and an add. The formula: ``tile_score``.
 
         ``row_ext`` (pair tiles over pixels): the extent of a second axis only the vector operand
         depends on (output rows of a conv); a tile may then hold 2-4 such vectors, which share
@@ -751,9 +751,9 @@ class TiledReduction(CPUScheduleRule):
             return False
         # Operand layouts: [..., r // 2, (v,) r % 2] in int16 (quads: [..., r // 4, (v,) r % 4] in
         # their own bytes); a weight read along the vector axis is blocked by the tile's vector
-        # length too, [v // vi, ..., r // 2, v % vi, r % 2], so a
-        # tile streams its weights contiguously (strided by all output channels, a cold 4.7 MB
-        # 512->512 3x3 int8 weight came from DRAM at the latency of each line).
+        # length too, [v // vi, ..., r // 2, v % vi, r % 2], so a tile streams its weights
+        # contiguously (strided by all output channels, a cold 4.7 MB 512->512 3x3 int8 weight
+        # came from DRAM at the latency of each line).
         stage_bufs, stages = [], []
         for k, vdim in ((kv, dv), (kb, None)):
             stage = self._pair_stage(sch, rblock, loads[k].source, dr[k], vdim, producers, vi, group)

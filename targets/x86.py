@@ -146,14 +146,20 @@ def _quad_impl(a_dtype: str, b_dtype: str, isa: str):
                         T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
                         C.vload([0], dtype="int32x8"),
                         A.vload([0, 0], dtype=f"{a_dtype}x32"),
-                        T.reinterpret(T.broadcast(T.reinterpret(B.vload([0], dtype=f"{b_dtype}x4"), dtype="int32"), 8), dtype=bcast),
+                        T.reinterpret(
+                            T.broadcast(T.reinterpret(B.vload([0], dtype=f"{b_dtype}x4"), dtype="int32"), 8),
+                            dtype=bcast,
+                        ),
                         dtype="int32x8",
                     )
                 else:
                     C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
                         C.vload([0], dtype="int32x8"),
-                        T.reinterpret(T.broadcast(T.reinterpret(B.vload([0], dtype=f"{b_dtype}x4"), dtype="int32"), 8), dtype=bcast),
+                        T.reinterpret(
+                            T.broadcast(T.reinterpret(B.vload([0], dtype=f"{b_dtype}x4"), dtype="int32"), 8),
+                            dtype=bcast,
+                        ),
                         A.vload([0, 0], dtype=f"{a_dtype}x32"),
                         dtype="int32x8",
                     )
