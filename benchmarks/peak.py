@@ -4,12 +4,12 @@
 
 Why measured: the nominal figures (issue 5: fp32 117 GFLOP/s, int8 467 GOP/s with VNNI) assume a
 clock and instructions this machine may not have -- LLVM sees an AVX2 Zen 3 here, no AVX-512 /
-VNNI, and its sustained clock is below the nominal one. benchmarks/native/peak_avx2.c runs
+VNNI, and its sustained clock is below the nominal one. benchmarks/native/peak_x86.c runs
 register-only loops of ``vfmadd231ps`` (fp32), ``vpmaddwd`` + ``vpaddd`` (int16 pairs: tvm_mpq's
 exact integer path for int8 and int16) and ``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd`` (the
 saturating u8 x s8 path ONNX Runtime's AVX2 kernels use), one thread, best of 5, compiled here with
 the system C compiler (``cc``; absent: ``measured_peaks`` returns None and callers fall back to
-the nominal figures, saying so). Where the CPU has AVX512-VNNI, benchmarks/native/peak_vnni.c adds
+the nominal figures, saying so). Where the CPU has AVX512-VNNI it is built with VNNI and adds
 ``vpdpbusd`` (u8 x s8) and ``vpdpwssd`` (int16) loops: the steps of tvm_mpq's VNNI kernels
 (targets/x86.py). Not run on the development machine, which has no VNNI.
 """
@@ -23,21 +23,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-NATIVE = Path(__file__).resolve().parent / "native"
-SOURCE = NATIVE / "peak_avx2.c"
-VNNI_SOURCE = NATIVE / "peak_vnni.c"
-
-
-def _run_native(cc: str, source: Path, flags: list[str]) -> dict | None:
-    with tempfile.TemporaryDirectory() as tmp:
-        exe = Path(tmp) / source.stem
-        build = subprocess.run([cc, "-O2", *flags, str(source), "-o", str(exe)], capture_output=True, text=True)
-        if build.returncode != 0:
-            return None
-        run = subprocess.run([str(exe), "5"], capture_output=True, text=True, timeout=300)
-        if run.returncode != 0:
-            return None
-        return json.loads(run.stdout)
+SOURCE = Path(__file__).resolve().parent / "native" / "peak_x86.c"
 
 
 @lru_cache(maxsize=1)
@@ -47,15 +33,21 @@ def measured_peaks() -> dict | None:
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         return None
-    peaks = _run_native(cc, SOURCE, ["-mavx2", "-mfma"])
-    if peaks is None:
-        return None
     from tvm_mpq.targets import host_target
 
     host = host_target()
-    if host.has_vnni and "avx512vl" in host.features:  # the loops use the 256-bit EVEX forms
-        peaks.update(_run_native(cc, VNNI_SOURCE, ["-mavx2", "-mavx512vnni", "-mavx512vl"]) or {})
-    return peaks
+    flags = ["-mavx2", "-mfma"]
+    if host.has_vnni and "avx512vl" in host.features:  # the VNNI loops use the 256-bit EVEX forms
+        flags += ["-mavx512vnni", "-mavx512vl"]
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "peak_x86"
+        build = subprocess.run([cc, "-O2", *flags, str(SOURCE), "-o", str(exe)], capture_output=True, text=True)
+        if build.returncode != 0:
+            return None
+        run = subprocess.run([str(exe), "5"], capture_output=True, text=True, timeout=300)
+        if run.returncode != 0:
+            return None
+        return json.loads(run.stdout)
 
 
 def main():

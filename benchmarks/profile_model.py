@@ -2,6 +2,7 @@
 
     TVM_NUM_THREADS=1 .venv/bin/python benchmarks/profile_model.py --model mobilenet_v2 --configs float,w8a8
     TVM_NUM_THREADS=1 .venv/bin/python benchmarks/profile_model.py --model minilm --configs float,w8a8 --top 12
+    TVM_NUM_THREADS=1 .venv/bin/python benchmarks/profile_model.py --model mobilenet_v2 --configs w8a8 --convert-layout NHWC
 
 Every call the Relax VM makes (kernels and builtins) is timed with ``VirtualMachine.set_instrument``
 and the CPU time of the calling thread (``time.thread_time``: with one runtime thread the kernels
@@ -85,21 +86,45 @@ def profile(executable, inputs, runs: int):
     return {k: (float(np.median(v)), calls[k] // runs, shapes.get(k, "")) for k, v in totals.items()}
 
 
+def converted(module, inputs) -> relax.VMExecutable:
+    """``module`` recompiled with its convs in NHWC (Relax's ConvertLayout: it inserts transposes
+    where an op has no layout rule, e.g. the TE kernels of exact-float and int4 convs); refuses to
+    profile it unless its outputs equal the NCHW module's."""
+    from tvm_mpq.quantizer import flatten_outputs
+    from tvm_mpq.targets.pipeline import build
+
+    mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(module.ir_module)
+    executable = build(relax.transform.FoldConstant()(mod), module.target)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    got = flatten_outputs(vm["main"](*[tvm.runtime.tensor(a) for a in inputs]))
+    want = module.run(*inputs)
+    if not all(np.array_equal(g, w) for g, w in zip(got, want if isinstance(want, tuple) else (want,))):
+        raise SystemExit("the NHWC module's outputs differ from the NCHW module's")
+    return executable
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="mobilenet_v2", choices=["mobilenet_v2", "resnet18", "minilm"])
     ap.add_argument("--configs", default="float,w8a8", help="uniform candidates, comma-separated")
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--convert-layout", choices=["NHWC"], default=None,
+                    help="experiment: Relax ConvertLayout (conv2d -> NHWC / OHWI) on the realized module "
+                         "before compiling; the outputs are checked against the NCHW module's")
     args = ap.parse_args()
     tvm.get_global_func("runtime.config_threadpool")(1, 1)
     q, inputs = quantizer_and_inputs(args.model)
     for cand in args.configs.split(","):
         t0 = time.perf_counter()
         module = q.realize(cand)
-        rows = sorted(profile(module.executable, inputs, args.runs).items(), key=lambda kv: -kv[1][0])
+        executable = module.executable
+        if args.convert_layout:
+            executable = converted(module, inputs)
+        rows = sorted(profile(executable, inputs, args.runs).items(), key=lambda kv: -kv[1][0])
         total = sum(r[1][0] for r in rows)
-        print(f"\n{args.model} {cand}: compiled in {time.perf_counter() - t0:.1f} s; "
+        layout = f" ({args.convert_layout})" if args.convert_layout else ""
+        print(f"\n{args.model} {cand}{layout}: compiled in {time.perf_counter() - t0:.1f} s; "
               f"kernel CPU time {total * 1e3:.2f} ms per run (median of {args.runs}), {len(rows)} functions")
         for name, (sec, n, shp) in rows[: args.top]:
             print(f"  {sec * 1e6:9.0f} us  x{n:<3} {name[:44]:44} {shp[:100]}")

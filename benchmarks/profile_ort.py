@@ -4,9 +4,9 @@ counterpart of profile_model.py for the runtime tvm_mpq is compared with in runt
     .venv/bin/python benchmarks/profile_ort.py --model mobilenet_v2
     .venv/bin/python benchmarks/profile_ort.py --model resnet18 --reduce-range --top 15
 
-The model, calibration and quantization recipe are runtimes.py's (``load_case``, ``export_onnx``,
-``quantize_qdq``: static QDQ, u8 activations, s8 per-channel weights). The session runs with
-ONNX Runtime's own profiler (``enable_profiling``); the table lists, per node of the optimized
+The model, calibration, quantization recipe (static QDQ, u8 activations, s8 per-channel weights)
+and session settings are runtimes.py's (``load_case``, ``export_onnx``, ``quantize_qdq``,
+``ort_session``), with ONNX Runtime's own profiler on; the table lists, per node of the optimized
 graph, the median over ``--runs`` runs of its kernel time, with its op type and input shapes
 (after ORT's layout transformation: NHWC for QLinearConv), then the totals per op type. Read it
 next to ``TVM_NUM_THREADS=1 benchmarks/profile_model.py --model ... --configs w8a8``: the
@@ -26,22 +26,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import runtimes  # noqa: E402 - load_case / export_onnx / quantize_qdq
+import runtimes  # noqa: E402 - load_case / export_onnx / quantize_qdq / ort_session
 
 
 def node_times(session_path: Path, case, threads: int, runs: int, workdir: Path) -> dict[str, tuple]:
     """{node name: (median us per run, op type, input shapes)} from ORT's profiler."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    so.enable_profiling = True
-    so.profile_file_prefix = str(workdir / "ort_profile")
-    session = ort.InferenceSession(str(session_path), so, providers=["CPUExecutionProvider"])
+    session = runtimes.ort_session(session_path, threads, profile_prefix=str(workdir / "ort_profile"))
     feed = dict(zip(case.input_names, case.timed))
     for _ in range(3):  # warm-up (dropped below: only the last ``runs`` calls of each node count)
         session.run(None, feed)

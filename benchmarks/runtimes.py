@@ -332,6 +332,23 @@ def quantize_qdq(src: Path, dst: Path, case: ModelCase, reduce_range: bool = Fal
                         weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range)
 
 
+def ort_session(path: Path, threads: int, profile_prefix: str | None = None):
+    """An ONNX Runtime CPU session as the tables time it: ``threads`` intra-op threads, sequential
+    execution, all graph optimizations (with ``profile_prefix``: its profiler on)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
 def ort_rows(case: ModelCase, workdir: Path) -> list[Row]:
     names = ("ONNX Runtime fp32", "ONNX Runtime int8 QDQ")
     try:
@@ -400,13 +417,7 @@ def ort_rows(case: ModelCase, workdir: Path) -> list[Row]:
 
         def session(threads):
             if threads not in sessions:
-                so = ort.SessionOptions()
-                so.intra_op_num_threads = threads
-                so.inter_op_num_threads = 1
-                so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                so.log_severity_level = 3
-                sessions[threads] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+                sessions[threads] = ort_session(path, threads)
             return sessions[threads]
 
         def bind(threads):

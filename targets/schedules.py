@@ -381,8 +381,9 @@ class TiledReduction(CPUScheduleRule):
         ``row_ext`` (pair tiles over pixels): the extent of a second axis only the vector operand
         depends on (output rows of a conv); a tile may then hold 2-4 such vectors, which share
         each broadcast -- on 56-pixel rows, where vectors cannot be longer than 8 without ragged
-        tiles, 2 rows x 4 channels x 8 pixels beat 8 x 8 (ResNet-18's 3x3 64->64 @56 int8,
-        ``benchmarks/profile_model.py --model resnet18``).
+        tiles, 2 rows x 4 channels x 8 pixels beat 8 x 8 (3x3 int8 64->64 @56, one thread: 1.82 ->
+        1.66 ms, ``TVM_MPQ_TILE=8,8`` for the old tile in ``benchmarks/kernels.py --no-e2e
+        --threads 1 --dtypes int8 --only "r18.3x3 64->64"``).
 
         ``TVM_MPQ_TILE=bf,vi[,rows]`` overrides the choice for every kernel (to reproduce the tile
         comparisons quoted below, e.g. ``TVM_MPQ_TILE=4,16 .venv/bin/python benchmarks/kernels.py

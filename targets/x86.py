@@ -34,6 +34,7 @@ variant widens each pair sum before adding it). A quad's four u8 x s8 products s
 
 from __future__ import annotations
 
+from tvm import tirx
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
@@ -70,122 +71,70 @@ def _description(group: int, a_dtype: str, b_dtype: str, acc: str, vec_first: bo
     return description
 
 
-def _pair_impl(acc: str, isa: str):
-    """8 lanes x a pair of int16: ``vpmaddwd`` (+ ``vpaddd``; the int64 variant widens the exact
-    int32 pair sums first) or, with VNNI (int32 accumulators), ``vpdpwssd``."""
-    lanes = f"{acc}x8"
-    if isa == "vnni":
+def _broadcast_group(B, dtype: str):
+    """The broadcast operand's group (2 x int16 or 4 bytes) read as one 32-bit word, broadcast to
+    8 lanes and seen as a ``dtype`` vector."""
+    group = 2 if str(B.dtype) == "int16" else 4
+    word = T.reinterpret(B.vload([0], dtype=f"{B.dtype}x{group}"), dtype="int32")
+    return T.reinterpret(T.broadcast(word, 8), dtype=dtype)
 
-        @T.prim_func(s_tir=True)
-        def impl(
-            A: T.Buffer((8, 2), "int16", offset_factor=1),
-            B: T.Buffer((2,), "int16", offset_factor=1),
-            C: T.Buffer((8,), acc, offset_factor=1),
-        ) -> None:
-            with T.sblock("root"):
-                T.reads(C[0:8], A[0:8, 0:2], B[0:2])
-                T.writes(C[0:8])
-                C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpwssd.256"),
-                    C.vload([0], dtype="int32x8"),
-                    A.vload([0, 0], dtype="int16x16"),
-                    T.reinterpret(
-                        T.broadcast(T.reinterpret(B.vload([0], dtype="int16x2"), dtype="int32"), 8),
-                        dtype="int16x16",
-                    ),
-                    dtype="int32x8",
-                )
 
-        return impl
+def _pmaddwd(A, B, C):
+    """vpmaddwd + vpaddd (int64 accumulators: the exact int32 pair sums widened first)."""
+    lanes = f"{C.dtype}x8"
+    pairs = T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+        A.vload([0, 0], dtype="int16x16"), _broadcast_group(B, "int16x16"), dtype="int32x8",
+    )
+    return C.vload([0], dtype=lanes) + T.Cast(lanes, pairs)
+
+
+def _vpdpwssd(A, B, C):
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpwssd.256"),
+        C.vload([0], dtype="int32x8"), A.vload([0, 0], dtype="int16x16"), _broadcast_group(B, "int16x16"),
+        dtype="int32x8",
+    )
+
+
+def _vpdpbusd(A, B, C):
+    """Its first multiplicand is the unsigned one: the vector or the broadcast operand."""
+    vector = A.vload([0, 0], dtype=f"{A.dtype}x32")
+    bcast = _broadcast_group(B, f"{B.dtype}x32")
+    u, s = (vector, bcast) if str(A.dtype) == "uint8" else (bcast, vector)
+    return T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"), C.vload([0], dtype="int32x8"), u, s,
+        dtype="int32x8",
+    )
+
+
+def _emulated_vpdpbusd(A, B, C):
+    """The quad step in portable vector arithmetic: lane i of quad element k is byte 4i + k."""
+    vector = A.vload([0, 0], dtype=f"{A.dtype}x32")
+    out = C.vload([0], dtype="int32x8")
+    for k in range(4):
+        lanes = tirx.Shuffle([vector], [tirx.IntImm("int32", 4 * i + k) for i in range(8)])
+        out = out + T.Cast("int32x8", lanes) * T.broadcast(T.Cast("int32", B[k]), 8)
+    return out
+
+
+def _implementation(group: int, a_dtype: str, b_dtype: str, acc: str, step):
+    """A step's implementation: ``C[0:8] = step(A, B, C)``, one expression (TVMScript turns named
+    temporaries into local buffers, which the CPU backend allocates from the workspace pool at
+    every call)."""
 
     @T.prim_func(s_tir=True)
     def impl(
-        A: T.Buffer((8, 2), "int16", offset_factor=1),
-        B: T.Buffer((2,), "int16", offset_factor=1),
+        A: T.Buffer((8, group), a_dtype, offset_factor=1),
+        B: T.Buffer((group,), b_dtype, offset_factor=1),
         C: T.Buffer((8,), acc, offset_factor=1),
     ) -> None:
         with T.sblock("root"):
-            T.reads(C[0:8], A[0:8, 0:2], B[0:2])
+            T.reads(C[0:8], A[0:8, 0:group], B[0:group])
             T.writes(C[0:8])
-            # one expression: TVMScript turns named temporaries into local buffers, which the CPU
-            # backend allocates from the workspace pool at every call
-            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype=lanes) + T.Cast(
-                lanes,
-                T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-                    A.vload([0, 0], dtype="int16x16"),
-                    T.reinterpret(
-                        T.broadcast(T.reinterpret(B.vload([0], dtype="int16x2"), dtype="int32"), 8),
-                        dtype="int16x16",
-                    ),
-                    dtype="int32x8",
-                ),
-            )
+            C[T.ramp(T.int32(0), 1, 8)] = step(A, B, C)
 
     return impl
-
-
-def _quad_impl(a_dtype: str, b_dtype: str, isa: str):
-    """8 lanes x a quad of bytes, A the vector operand, B the broadcast one, one of them uint8:
-    ``vpdpbusd`` (its first multiplicand is the unsigned one), or the portable emulation."""
-    if isa == "vnni":
-        bcast = f"{b_dtype}x32"
-        unsigned_vector = a_dtype == "uint8"
-
-        @T.prim_func(s_tir=True)
-        def impl(
-            A: T.Buffer((8, 4), a_dtype, offset_factor=1),
-            B: T.Buffer((4,), b_dtype, offset_factor=1),
-            C: T.Buffer((8,), "int32", offset_factor=1),
-        ) -> None:
-            with T.sblock("root"):
-                T.reads(C[0:8], A[0:8, 0:4], B[0:4])
-                T.writes(C[0:8])
-                if unsigned_vector:
-                    C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-                        C.vload([0], dtype="int32x8"),
-                        A.vload([0, 0], dtype=f"{a_dtype}x32"),
-                        T.reinterpret(
-                            T.broadcast(T.reinterpret(B.vload([0], dtype=f"{b_dtype}x4"), dtype="int32"), 8),
-                            dtype=bcast,
-                        ),
-                        dtype="int32x8",
-                    )
-                else:
-                    C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
-                        C.vload([0], dtype="int32x8"),
-                        T.reinterpret(
-                            T.broadcast(T.reinterpret(B.vload([0], dtype=f"{b_dtype}x4"), dtype="int32"), 8),
-                            dtype=bcast,
-                        ),
-                        A.vload([0, 0], dtype=f"{a_dtype}x32"),
-                        dtype="int32x8",
-                    )
-
-        return impl
-
-    @T.prim_func(s_tir=True)
-    def emulated(
-        A: T.Buffer((8, 4), a_dtype, offset_factor=1),
-        B: T.Buffer((4,), b_dtype, offset_factor=1),
-        C: T.Buffer((8,), "int32", offset_factor=1),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:8, 0:4], B[0:4])
-            T.writes(C[0:8])
-            # the vector operand through a flat alias: a vector index may only be the last
-            Af = T.decl_buffer((32,), a_dtype, data=A.data, elem_offset=A.elem_offset)
-            C[T.ramp(T.int32(0), 1, 8)] = (
-                C.vload([0], dtype="int32x8")
-                + T.Cast("int32x8", Af[T.ramp(T.int32(0), 4, 8)]) * T.broadcast(T.Cast("int32", B[0]), 8)
-                + T.Cast("int32x8", Af[T.ramp(T.int32(1), 4, 8)]) * T.broadcast(T.Cast("int32", B[1]), 8)
-                + T.Cast("int32x8", Af[T.ramp(T.int32(2), 4, 8)]) * T.broadcast(T.Cast("int32", B[2]), 8)
-                + T.Cast("int32x8", Af[T.ramp(T.int32(3), 4, 8)]) * T.broadcast(T.Cast("int32", B[3]), 8)
-            )
-
-    return emulated
 
 
 def dot_intrin(operand_dtypes: tuple[str, str], acc: str, vec_first: bool, isa: str = "avx2") -> str | None:
@@ -208,6 +157,10 @@ def dot_intrin(operand_dtypes: tuple[str, str], acc: str, vec_first: bool, isa: 
     try:
         TensorIntrin.get(name)
     except Exception:  # noqa: BLE001 - not registered yet in this process
-        impl = _pair_impl(acc, impl_isa) if group == 2 else _quad_impl(a_dtype, b_dtype, impl_isa)
+        if group == 2:
+            step = _vpdpwssd if impl_isa == "vnni" else _pmaddwd
+        else:
+            step = _vpdpbusd if impl_isa == "vnni" else _emulated_vpdpbusd
+        impl = _implementation(group, a_dtype, b_dtype, acc, step)
         TensorIntrin.register(name, _description(group, a_dtype, b_dtype, acc, vec_first), impl)
     return name

@@ -69,19 +69,24 @@ def _tensor_var(name, shape, dtype):
     return relax.Var(name, relax.TensorType(tuple(shape), dtype))
 
 
-def _build_run(params, emit_outputs, inputs):
-    """Build ``main(*params)`` whose body is ``emit_outputs(bb)`` (a list of tensors); run it."""
+def main_module(params, emit_outputs) -> tvm.IRModule:
+    """``main(*params)`` whose body is ``emit_outputs(bb)`` (a list of tensors), returned as a tuple."""
     bb = relax.BlockBuilder()
     with bb.function("main", params):
         with bb.dataflow():
             outs = [bb.emit_output(o) for o in emit_outputs(bb)]
         bb.emit_func_output(relax.Tuple(outs))
-    mod = bb.get()
+    return bb.get()
+
+
+def _build_run(params, emit_outputs, inputs):
+    """Build ``main_module(params, emit_outputs)`` and run it on ``inputs``."""
+    mod = main_module(params, emit_outputs)
     # The pipeline realized modules are compiled with (fusion + template schedules).
     ex = build(mod, host_target())
     vm = relax.VirtualMachine(ex, tvm.cpu())
     res = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in inputs])
-    return [res[i].numpy() for i in range(len(outs))], mod
+    return [res[i].numpy() for i in range(len(res))], mod
 
 
 def _assert_exact(got: np.ndarray, ref: np.ndarray, acc_dtype: str, what: str):
@@ -675,14 +680,14 @@ def int4_conv_and_dense_module(w, wd, x_shape, y_shape, attrs) -> tvm.IRModule:
     of ``y`` (``[K, N]`` weight ``wd``), their weights packed as realize.py stores them."""
     params = [_tensor_var("x", x_shape, "uint8"), _tensor_var("y", y_shape, "uint8")]
     k, n = wd.shape
-    bb = relax.BlockBuilder()
-    with bb.function("main", params):
-        with bb.dataflow():
-            a = iops.emit_conv2d(bb, params[0], _weight_const(w, 4), attrs, 37, 4, w.shape, "int32")
-            d = iops.emit_dense(bb, params[1], relax.const(pack_int4(wd.T), "uint8"), 4, k, n, "int32")
-            outs = [bb.emit_output(a), bb.emit_output(d)]
-        bb.emit_func_output(relax.Tuple(outs))
-    return bb.get()
+
+    def body(bb):
+        return [
+            iops.emit_conv2d(bb, params[0], _weight_const(w, 4), attrs, 37, 4, w.shape, "int32"),
+            iops.emit_dense(bb, params[1], relax.const(pack_int4(wd.T), "uint8"), 4, k, n, "int32"),
+        ]
+
+    return main_module(params, body)
 
 
 def test_pack_int4_constant_survives_compilation_pipeline():

@@ -5,6 +5,8 @@ sentences. Skips with the reason when a weights package or ../shared/data is abs
 test command installs the packages, so in CI only the shared data can be missing.
 """
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -33,6 +35,14 @@ def mobilenet():
     return q, x[2 * BATCH :], labels[2 * BATCH :]
 
 
+@pytest.fixture(scope="module")
+def realized(mobilenet):
+    """``realized(candidate)``: MobileNetV2 realized for one uniform candidate, compiled once per
+    module for the tests that share it."""
+    q, _, _ = mobilenet
+    return functools.lru_cache(maxsize=None)(q.realize)
+
+
 def test_mobilenet_groups_are_torchvision_module_names(mobilenet):
     q, _, _ = mobilenet
     assert len(q.graph.ops) == 53 and len(q.group_names) == 53
@@ -49,7 +59,7 @@ def test_mobilenet_candidate_ordering(mobilenet):
 
 
 @pytest.mark.parametrize("candidate", ["w8a8", "w16a16", "mixed"])
-def test_mobilenet_realized_agrees_with_simulated(mobilenet, candidate):
+def test_mobilenet_realized_agrees_with_simulated(mobilenet, realized, candidate):
     q, x, _ = mobilenet
     if candidate == "mixed":
         # Not w16a16 here: its simulation accumulates in float32 (16x16-bit products exceed its
@@ -60,7 +70,7 @@ def test_mobilenet_realized_agrees_with_simulated(mobilenet, candidate):
     else:
         config = candidate
     sim = q.simulate(config, x)[0]
-    module = q.realize(config)
+    module = q.realize(config) if candidate == "mixed" else realized(config)
     out = module.run(x)
     assert sqnr_db(sim, out) >= 40.0
     assert module.compile_seconds < 60.0
@@ -69,13 +79,13 @@ def test_mobilenet_realized_agrees_with_simulated(mobilenet, candidate):
         assert ("int4 (packed uint8)", "int32") in kinds and ("float32", "float32") in kinds
 
 
-def test_mobilenet_vnni_schedules_agree_bit_for_bit(mobilenet, monkeypatch):
+def test_mobilenet_vnni_schedules_agree_bit_for_bit(mobilenet, realized, monkeypatch):
     """The VNNI kernels (byte quads; vpdpbusd emulated, this CPU may lack VNNI: tests/test_vnni.py)
     on a whole realized MobileNetV2 w8a8: the same outputs as the AVX2 module, bit for bit."""
     from tvm_mpq.targets import pipeline, schedules
 
     q, x, _ = mobilenet
-    avx2 = q.realize("w8a8").run(x[:BATCH])[0]
+    avx2 = realized("w8a8").run(x[:BATCH])[0]
     monkeypatch.setattr(pipeline, "template_rules", lambda ti: schedules.rules(8, dot_isa="emulated-vnni"))
     vnni = q.realize("w8a8").run(x[:BATCH])[0]
     np.testing.assert_array_equal(vnni, avx2)

@@ -342,51 +342,19 @@ def test_max_pool_plane_template_exact():
 DENSE_CASES = [((13, 37), 16), ((2, 7, 29), 24), ((16, 37), 5), ((1, 24, 19), 13), ((1, 45), 40)]
 
 
-@pytest.mark.parametrize("bits,act", [(8, ("uint8", 37)), (4, ("uint8", 201)), (16, ("int16", 0))])
-def test_dense_templates_bit_exact(bits, act):
-    act_dtype, zp = act
-    rng = np.random.default_rng(7 * bits + zp)
+def run_dense_cases(rng, cases, bits: int, act_dtype: str, zp: int):
+    """One integer dense layer per (x shape [..., K], N) of ``cases`` (``bits``-bit weights, int4
+    packed as realize.py stores them), built by the pipeline and run; each checked bit for bit
+    against numpy int64. Returns (the module, the accumulator dtypes)."""
     params, prepared, inputs = [], [], []
-    for j, (xshape, n) in enumerate(DENSE_CASES):
+    for j, (xshape, n) in enumerate(cases):
         x = _rand_act(rng, xshape, act_dtype)
         w = _rand_weight(rng, (xshape[-1], n), bits)
-        k = xshape[-1]
         acc = iops.accumulator_dtype(_act_max_abs(act_dtype, zp), int(np.abs(w).sum(0).max()))
         if bits == 4:
             const = relax.const(pack_int4(w.T), "uint8")
         else:
-            const = relax.const(w.astype("int8" if bits == 8 else "int16"), "int8" if bits == 8 else "int16")
-        params.append(_tensor_var(f"x{j}", xshape, act_dtype))
-        prepared.append((const, k, n, w, acc))
-        inputs.append(x)
-
-    def body(bb):
-        outs = []
-        for xv, (const, k, n, w, acc) in zip(params, prepared):
-            y = iops.emit_dense(bb, xv, const, bits, k, n, acc)
-            outs.append(iops.emit_zero_point_correction(bb, y, zp, w.T.sum(1), (n,), acc))
-        return outs
-
-    got, mod = _build_run(params, body, inputs)
-    for g, x, (_, _, _, w, acc) in zip(got, inputs, prepared):
-        _assert_exact(g, ref_matmul(x, w, zp), acc, f"dense {x.shape} x {w.shape} w{bits} {act_dtype}")
-    _assert_templated(mod, len(DENSE_CASES))
-
-
-# Even K: the vpmaddwd path -- columns (16, 24 with ragged rows), rows (N = 5, 13) and one row.
-PAIR_DENSE_CASES = [((13, 38), 16), ((2, 7, 30), 24), ((16, 38), 5), ((1, 24, 20), 13), ((1, 46), 40)]
-
-
-@pytest.mark.parametrize("bits,act", [(8, ("uint8", 37)), (8, ("int16", 0)), (16, ("uint8", 201))])
-def test_dense_vpmaddwd_path_bit_exact(bits, act):
-    act_dtype, zp = act
-    rng = np.random.default_rng(3 * bits + zp)
-    params, prepared, inputs = [], [], []
-    for j, (xshape, n) in enumerate(PAIR_DENSE_CASES):
-        x = _rand_act(rng, xshape, act_dtype)
-        w = _rand_weight(rng, (xshape[-1], n), bits)
-        acc = iops.accumulator_dtype(_act_max_abs(act_dtype, zp), int(np.abs(w).sum(0).max()))
-        const = relax.const(w.astype("int8" if bits == 8 else "int16"))
+            const = relax.const(w.astype("int8" if bits == 8 else "int16"))
         params.append(_tensor_var(f"x{j}", xshape, act_dtype))
         prepared.append((const, xshape[-1], n, w, acc))
         inputs.append(x)
@@ -399,9 +367,27 @@ def test_dense_vpmaddwd_path_bit_exact(bits, act):
         return outs
 
     got, mod = _build_run(params, body, inputs)
-    assert {p[4] for p in prepared} == {"int32"}
     for g, x, (_, _, _, w, acc) in zip(got, inputs, prepared):
         _assert_exact(g, ref_matmul(x, w, zp), acc, f"dense {x.shape} x {w.shape} w{bits} {act_dtype}")
+    return mod, [p[4] for p in prepared]
+
+
+@pytest.mark.parametrize("bits,act", [(8, ("uint8", 37)), (4, ("uint8", 201)), (16, ("int16", 0))])
+def test_dense_templates_bit_exact(bits, act):
+    act_dtype, zp = act
+    mod, _ = run_dense_cases(np.random.default_rng(7 * bits + zp), DENSE_CASES, bits, act_dtype, zp)
+    _assert_templated(mod, len(DENSE_CASES))
+
+
+# Even K: the vpmaddwd path -- columns (16, 24 with ragged rows), rows (N = 5, 13) and one row.
+PAIR_DENSE_CASES = [((13, 38), 16), ((2, 7, 30), 24), ((16, 38), 5), ((1, 24, 20), 13), ((1, 46), 40)]
+
+
+@pytest.mark.parametrize("bits,act", [(8, ("uint8", 37)), (8, ("int16", 0)), (16, ("uint8", 201))])
+def test_dense_vpmaddwd_path_bit_exact(bits, act):
+    act_dtype, zp = act
+    mod, accs = run_dense_cases(np.random.default_rng(3 * bits + zp), PAIR_DENSE_CASES, bits, act_dtype, zp)
+    assert set(accs) == {"int32"}
     _assert_templated(mod, len(PAIR_DENSE_CASES), pairs=True)
 
 

@@ -13,20 +13,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
-from tvm import relax
 
 from test_integer_kernels import (
     _assert_exact,
     _build_run,
     _rand_act,
     _rand_weight,
-    _tensor_var,
     int4_conv_and_dense_module,
+    main_module,
     ref_conv2d,
-    ref_matmul,
 )
-from test_schedules import _conv_attrs, _conv_module, _fused_primfuncs, _has_reduction
-from tvm_mpq.passes import integer_ops as iops
+from test_schedules import _conv_attrs, _conv_module, _fused_primfuncs, _has_reduction, run_dense_cases
 from tvm_mpq.targets import host_target, parse_target, pipeline
 from tvm_mpq.targets.schedules import TiledReduction, rules
 
@@ -116,27 +113,8 @@ def test_conv2d_quads_bit_exact(emulated_vnni, bits, zp):
 @pytest.mark.parametrize("act_dtype,zp,bits", [("uint8", 37, 8), ("int16", 0, 8), ("uint8", 201, 16)])
 def test_dense_vnni_steps_bit_exact(emulated_vnni, act_dtype, zp, bits):
     """Dense layers: u8 x s8 in quads (K = 30: pairs); int16 operands in pairs (vpdpwssd)."""
-    rng = np.random.default_rng(3 * bits + zp)
-    params, prepared, inputs = [], [], []
-    for j, (xshape, n) in enumerate(DENSE_CASES):
-        x = _rand_act(rng, xshape, act_dtype)
-        w = _rand_weight(rng, (xshape[-1], n), bits)
-        acc = iops.accumulator_dtype(255 if act_dtype == "uint8" else 32767, int(np.abs(w).sum(0).max()))
-        params.append(_tensor_var(f"x{j}", xshape, act_dtype))
-        prepared.append((relax.const(w.astype(f"int{bits}")), xshape[-1], n, w, acc))
-        inputs.append(x)
-
-    def body(bb):
-        outs = []
-        for xv, (const, k, n, w, acc) in zip(params, prepared):
-            y = iops.emit_dense(bb, xv, const, bits, k, n, acc)
-            outs.append(iops.emit_zero_point_correction(bb, y, zp, w.T.sum(1), (n,), acc))
-        return outs
-
-    got, mod = _build_run(params, body, inputs)
-    assert {p[4] for p in prepared} == {"int32"}
-    for g, x, (_, _, _, w, acc) in zip(got, inputs, prepared):
-        _assert_exact(g, ref_matmul(x, w, zp), acc, f"dense {x.shape} x {w.shape} w{bits} {act_dtype}")
+    mod, accs = run_dense_cases(np.random.default_rng(3 * bits + zp), DENSE_CASES, bits, act_dtype, zp)
+    assert set(accs) == {"int32"}
     quads = act_dtype == "uint8" and bits == 8
     expect = ["vpdpbusd" if quads and xs[-1] % 4 == 0 else "vpdpwssd" for xs, _ in DENSE_CASES]
     assert _steps(mod, parse_target(ZNVER4)) == sorted(expect)
@@ -151,17 +129,8 @@ def test_int64_accumulators_keep_vpmaddwd_on_vnni():
     w = _rand_weight(rng, (8, 12, 3, 3), 16)
     params, prepared, body = _conv_module([("w16a16", x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)], 16, "int16", 0)
     assert prepared[0][2] == "int64"
-    mod = _module(params, body)
+    mod = main_module(params, body)
     assert _steps(mod, parse_target(ZNVER4)) == ["vpmaddwd"]
-
-
-def _module(params, body) -> tvm.IRModule:
-    bb = relax.BlockBuilder()
-    with bb.function("main", params):
-        with bb.dataflow():
-            outs = [bb.emit_output(o) for o in body(bb)]
-        bb.emit_func_output(relax.Tuple(outs))
-    return bb.get()
 
 
 def _asm(executable) -> str:
@@ -180,7 +149,7 @@ def test_znver4_module_compiles_to_vnni_instructions():
     x16 = _rand_act(rng, (1, 12, 3, 16), "int16")
     w8 = _rand_weight(rng, (8, 12, 1, 1), 8)
     params, _, body = _conv_module([("a16", x16, w8, (1, 1), (0, 0, 0, 0), (1, 1), 1)], 8, "int16", 0)
-    a16 = _module(params, body)
+    a16 = main_module(params, body)
 
     znver4 = parse_target(ZNVER4)
     assert znver4.has_vnni

@@ -6,6 +6,9 @@
  *   int16  vpmaddwd + vpaddd, int16 pairs -> int32 (tvm_mpq's exact integer path)
  *   u8s8   vpmaddubsw + vpmaddwd(ones) + vpaddd    (ONNX Runtime's AVX2 u8 x s8 path; its int16
  *          pair sums saturate, so tvm_mpq does not use it)
+ * Built with -mavx512vnni -mavx512vl (peak.py does so only where the CPU has them), two more:
+ *   u8s8_vnni   vpdpbusd ymm (32 exact u8 x s8 multiply-adds per instruction: tvm_mpq's VNNI path)
+ *   int16_vnni  vpdpwssd ymm (16 int16 multiply-adds per instruction)
  * Time is the CPU time of the calling thread; the best of --repeat runs is printed as JSON.
  */
 #include <immintrin.h>
@@ -73,14 +76,42 @@ static double u8s8_gops(long n) {
   return n * 5.0 * 32 * 2 / s / 1e9;
 }
 
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+static double vnni_gops(long n, int words) {
+  __m256i a[10], w[10];
+  __m256i x = _mm256_set1_epi8(5);
+  for (int i = 0; i < 10; i++) { a[i] = _mm256_setzero_si256(); w[i] = _mm256_set1_epi8((char)(i + 1)); }
+  double t0 = cpu_now();
+  for (long k = 0; k < n; k++) {
+#pragma GCC unroll 10
+    for (int i = 0; i < 10; i++)
+      a[i] = words ? _mm256_dpwssd_epi32(a[i], w[i], x) : _mm256_dpbusd_epi32(a[i], x, w[i]);
+    __asm__ volatile("" : "+x"(x));
+  }
+  double s = cpu_now() - t0;
+  int acc = 0;
+  for (int i = 0; i < 10; i++) acc += _mm256_extract_epi32(a[i], 0);
+  sink = acc;
+  return n * 10.0 * (words ? 16 : 32) * 2 / s / 1e9;
+}
+#endif
+
 int main(int argc, char** argv) {
   int repeat = argc > 1 ? atoi(argv[1]) : 5;
   long n = 20000000;
-  double best[3] = {0, 0, 0};
+  double best[5] = {0, 0, 0, 0, 0};
   for (int r = 0; r < repeat; r++) {
-    double g[3] = {fp32_gops(n), int16_gops(n), u8s8_gops(n)};
-    for (int i = 0; i < 3; i++) best[i] = g[i] > best[i] ? g[i] : best[i];
+    double g[5] = {fp32_gops(n), int16_gops(n), u8s8_gops(n), 0, 0};
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    g[3] = vnni_gops(n, 0);
+    g[4] = vnni_gops(n, 1);
+#endif
+    for (int i = 0; i < 5; i++) best[i] = g[i] > best[i] ? g[i] : best[i];
   }
-  printf("{\"fp32\": %.1f, \"int16_pairs\": %.1f, \"u8s8_saturating\": %.1f}\n", best[0], best[1], best[2]);
+  printf("{\"fp32\": %.1f, \"int16_pairs\": %.1f, \"u8s8_saturating\": %.1f", best[0], best[1], best[2]);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  printf(", \"u8s8_vnni\": %.1f, \"int16_vnni\": %.1f", best[3], best[4]);
+#endif
+  printf("}\n");
   return 0;
 }
