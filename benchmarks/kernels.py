@@ -7,11 +7,12 @@
 Kernels: representative MobileNetV2 / ResNet-18 / BERT layers, each compiled alone through
 tvm_mpq's pipeline (targets/pipeline.py) with the epilogue a realized module fuses into it --
 fp32: conv/matmul + bias + ReLU6; int8: uint8 x int8 -> int32, zero-point correction, rescale, bias,
-ReLU6, requantize to uint8; int16: int16 x int8 -> int32, same epilogue -- and timed with the VM's
-time_evaluator (median of 7 repeats of >= 20 ms after a warm-up). GOP/s counts 2 ops per
-multiply-add; "% peak" is against one core's nominal AVX2 peak times the thread count:
-fp32 117 GFLOP/s (2 FMA pipes x 8 lanes x 2 ops x 3.65 GHz), int8/int16 234 GOP/s (``vpmaddwd``:
-2 per cycle x 16 multiply-adds; AVX2 has no exact int8 dot product -- ``vpmaddubsw`` saturates).
+ReLU6, requantize to uint8; int4: the same with packed int4 weights; int16: int16 x int8 -> int32,
+same epilogue -- and timed with the VM's time_evaluator (median of 7 repeats of >= 20 ms after a
+warm-up). GOP/s counts 2 ops per multiply-add; "% peak" is against one core's nominal AVX2 peak
+times the thread count: fp32 117 GFLOP/s (2 FMA pipes x 8 lanes x 2 ops x 3.65 GHz), int8/int16
+234 GOP/s (``vpmaddwd``: 2 per cycle x 16 multiply-adds; AVX2 has no exact int8 x int8 dot
+product -- ``vpmaddubsw`` saturates, exact only for narrow weights: int4 kernels use it).
 The practical fp32 peak is measured too (torch's sgemm on 1024^3, same threads), and so is each
 arithmetic path's register-only peak (benchmarks/peak.py): "% measured peak" is against it.
 
@@ -47,10 +48,11 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from tvm_mpq.passes import integer_ops as iops  # noqa: E402
+from tvm_mpq.quant_math import pack_int4  # noqa: E402
 from tvm_mpq.targets import host_target, pipeline, schedules  # noqa: E402
 from bench_util import set_threads  # noqa: E402
 
-PEAK_GOPS = {"fp32": 117.0, "int8": 234.0, "int16": 234.0}  # per core, nominal (see docstring)
+PEAK_GOPS = {"fp32": 117.0, "int8": 234.0, "int4": 234.0, "int16": 234.0}  # per core, nominal (see docstring)
 
 
 
@@ -124,13 +126,20 @@ def kernel_macs(kind, spec) -> int:
 def build_kernel(kind, spec, dtype, rng):
     """A Relax module with one kernel and its realized-style epilogue, and its inputs."""
     bb = relax.BlockBuilder()
-    act = {"fp32": "float32", "int8": "uint8", "int16": "int16"}[dtype]
-    zp = 37 if dtype == "int8" else 0
+    act = {"fp32": "float32", "int8": "uint8", "int4": "uint8", "int16": "int16"}[dtype]
+    zp = 37 if act == "uint8" else 0
+    bits = 4 if dtype == "int4" else 8  # "int4": packed int4 weights, uint8 activations
+
+    def weight_const(wq):
+        """As realize.py stores it: int8, or int4 packed two per byte per output row."""
+        if bits == 4:
+            return relax.const(pack_int4(wq.reshape(wq.shape[0], -1)), "uint8")
+        return relax.const(wq.astype("int8"))
 
     def rand_act(shape):
         if dtype == "fp32":
             return rng.normal(size=shape).astype("float32")
-        lo, hi = (0, 255) if dtype == "int8" else (-3000, 3000)
+        lo, hi = (0, 255) if act == "uint8" else (-3000, 3000)
         return rng.integers(lo, hi + 1, size=shape).astype(act)
 
     def epilogue(acc, n_out, shape):
@@ -155,13 +164,13 @@ def build_kernel(kind, spec, dtype, rng):
                     wc = relax.const(rng.normal(size=wshape).astype("float32"))
                     acc = bb.emit(relax.op.nn.conv2d(x, wc, strides=[s, s], padding=pad, groups=g))
                 else:
-                    wq = rng.integers(-127, 128, size=wshape)
+                    wq = rng.integers(-7 if bits == 4 else -127, 8 if bits == 4 else 128, size=wshape)
                     attrs = type("A", (), {"padding": pad, "strides": [s, s], "dilation": [1, 1], "groups": g})
                     # as realize.py emits it: exact float32 sums where that runs faster (an RGB
                     # stem, depthwise convs: integer_ops.float_conv_pays), else integer
-                    as_float = dtype == "int8" and iops.float_conv_pays(wshape, g)
+                    as_float = act == "uint8" and iops.float_conv_pays(wshape, g)
                     fw, sums = (wq.astype("float32"), "float32") if as_float else (None, "int32")
-                    acc = iops.emit_conv2d(bb, x, relax.const(wq.astype("int8")), attrs, zp, 8, wshape, sums, float_weight=fw)
+                    acc = iops.emit_conv2d(bb, x, weight_const(wq), attrs, zp, bits, wshape, sums, float_weight=fw)
                     acc = iops.emit_zero_point_correction(bb, acc, zp, wq.reshape(o, -1).sum(1), (1, o, 1, 1), sums)
                 out = bb.emit_output(epilogue(acc, o, (1, o, 1, 1)))
             bb.emit_func_output(out)
@@ -175,8 +184,9 @@ def build_kernel(kind, spec, dtype, rng):
                 if dtype == "fp32":
                     acc = bb.emit(relax.op.matmul(x, relax.const(rng.normal(size=(k, n)).astype("float32"))))
                 else:
-                    wq = rng.integers(-127, 128, size=(k, n))
-                    acc = iops.emit_dense(bb, x, relax.const(wq.astype("int8")), 8, k, n, "int32")
+                    wq = rng.integers(-7 if bits == 4 else -127, 8 if bits == 4 else 128, size=(k, n))
+                    wc = weight_const(wq.T) if bits == 4 else relax.const(wq.astype("int8"))
+                    acc = iops.emit_dense(bb, x, wc, bits, k, n, "int32")
                     acc = iops.emit_zero_point_correction(bb, acc, zp, wq.sum(0), (n,), "int32")
                 out = bb.emit_output(epilogue(acc, n, (n,)))
             bb.emit_func_output(out)
@@ -220,9 +230,10 @@ def _measured_peaks() -> dict:
     if p is None:
         return {}
     # the path tvm_mpq's kernels take here: VNNI steps where the CPU has them (peak.py runs their
-    # loops only then), else int16 pairs (vpmaddwd)
+    # loops only then), else int16 pairs (vpmaddwd) -- int4 weights: byte quads (vpmaddubsw, exact
+    # for them), where the shared axis divides by 4
     return {"fp32": p["fp32"], "int8": p.get("u8s8_vnni", p["int16_pairs"]),
-            "int16": p.get("int16_vnni", p["int16_pairs"])}
+            "int4": p.get("u8s8_vnni", p["u8s8_saturating"]), "int16": p.get("int16_vnni", p["int16_pairs"])}
 
 
 MEASURED: dict = {}

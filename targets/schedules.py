@@ -59,10 +59,12 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.sym import Analyzer
 from tvm.tirx.analysis import undefined_vars
 
 from .fence import FP_FENCE_OP, register_intrinsics
@@ -676,11 +678,18 @@ class TiledReduction(CPUScheduleRule):
             return False
         if any(ld.source.same_as(out_buf) for ld in loads) or loads[0].source.same_as(loads[1].source):
             return False
-        # byte quads (vpdpbusd) where the ISA has them for these operands, else int16 pairs
+        # byte quads where the ISA has an exact step for these operands (vpdpbusd; on AVX2
+        # vpmaddubsw where no pair sum can saturate), else int16 pairs
         dtypes = {str(ld.source.dtype) for ld in loads}
         groups = [2]
-        if self.dot_isa != "avx2" and acc == "int32" and dtypes == {"uint8", "int8"}:
-            groups = [4, 2]
+        fits_int16 = False
+        if acc == "int32" and dtypes == {"uint8", "int8"}:
+            ranges = [_value_range(sch, ld.source, producers) for ld in loads]
+            u = max(hi for (lo, hi), ld in zip(ranges, loads) if str(ld.source.dtype) == "uint8")
+            s_abs = max(max(-lo, hi) for (lo, hi), ld in zip(ranges, loads) if str(ld.source.dtype) == "int8")
+            fits_int16 = 2 * u * s_abs <= INT16_MAX
+            if self.dot_isa != "avx2" or fits_int16:
+                groups = [4, 2]
 
         # Axes: vector axis (innermost output axis, or output channels when rows are short).
         idx_vars = [[_vars(i) for i in ld.indices] for ld in loads]
@@ -765,7 +774,7 @@ class TiledReduction(CPUScheduleRule):
         prod = sch.get(rblock).body.value.b
         first = _cast_of_load(prod.a).source
         operand_dtypes = (str(stage_bufs[0].dtype), str(stage_bufs[1].dtype))
-        intrin = dot_intrin(operand_dtypes, acc, first.same_as(stage_bufs[0]), self.dot_isa)
+        intrin = dot_intrin(operand_dtypes, acc, first.same_as(stage_bufs[0]), self.dot_isa, fits_int16)
         if intrin is None:
             return False
 
@@ -938,6 +947,21 @@ class TiledReduction(CPUScheduleRule):
         sch.vectorize(loops[-1])
         for l in loops[:-1]:
             sch.unroll(l)
+
+
+INT16_MAX = 2**15 - 1
+
+
+def _value_range(sch: s_tir.Schedule, buf, producers) -> tuple[int, int]:
+    """Bounds of the integers a kernel reads from ``buf``: of the value its producer in this
+    function stores, by TVM's analyzer (an int4 unpack: [-16, 15]), else of ``buf``'s dtype."""
+    for p in producers:
+        blk = sch.get(p)
+        if blk.writes[0].source.same_as(buf) and isinstance(blk.body, tirx.BufferStore):
+            bound = Analyzer().const_int_bound(blk.body.value)
+            return int(bound.min_value), int(bound.max_value)
+    info = np.iinfo(str(buf.dtype))
+    return int(info.min), int(info.max)
 
 
 def _has_avx2(target) -> bool:

@@ -10,12 +10,17 @@ factors, so that a kernel matches whichever way its multiply is written (data x 
 x data): tensorize matches the body structurally.
 
 - pairs of int16 (``g = 2``), AVX2: ``vpmaddwd`` multiplies 16 pairs and adds adjacent products
-  into 8 int32, then ``vpaddd`` -- the exact integer dot product AVX2 has (``vpmaddubsw``, u8 x s8,
-  saturates its int16 sums, so it is not exact for uint8 activations and int8 weights). With
-  AVX512-VNNI (``avx512vl``, 256-bit registers) the two fuse into ``vpdpwssd``.
+  into 8 int32, then ``vpaddd`` -- the exact integer dot product AVX2 has for any int8 / int16
+  operands. With AVX512-VNNI (``avx512vl``, 256-bit registers) the two fuse into ``vpdpwssd``.
 - quads of bytes (``g = 4``), one operand uint8 and the other int8, AVX512-VNNI: ``vpdpbusd``
   multiplies 32 u8 x s8 pairs and adds each 4 products and the accumulator, without saturation:
   four times the multiply-adds of the pair step per instruction, exact.
+- quads of bytes on AVX2, only where the kernel proves it exact: ``vpmaddubsw`` multiplies 32
+  u8 x s8 pairs and adds adjacent products into 16 int16 -- *saturating*, so it is exact only when
+  every pair sum fits int16 (``2 * max(u) * max|s| <= 32767``: int4 weights against uint8
+  activations, not int8 ones) --, then ``vpmaddwd`` by ones adds those into 8 int32 quads and
+  ``vpaddd`` accumulates: 32 multiply-adds in three instructions, where pairs take four, and
+  operands in bytes, half the pairs' memory traffic.
 
 VNNI steps use 256-bit registers: on Zen 4 a 512-bit op is two 256-bit halves, so ymm registers
 lose no throughput, and the schedules' tile model (8 lanes, 16 registers) stays the same.
@@ -108,6 +113,21 @@ def _vpdpbusd(A, B, C):
     )
 
 
+def _pmaddubsw(A, B, C):
+    """vpmaddubsw + vpmaddwd by ones + vpaddd: exact only under the int16 bound (module docstring)."""
+    vector = A.vload([0, 0], dtype=f"{A.dtype}x32")
+    bcast = _broadcast_group(B, f"{B.dtype}x32")
+    u, s = (vector, bcast) if str(A.dtype) == "uint8" else (bcast, vector)
+    pair_sums = T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), u, s, dtype="int16x16"
+    )
+    quads = T.call_llvm_pure_intrin(
+        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pair_sums, T.broadcast(T.int16(1), 16),
+        dtype="int32x8",
+    )
+    return C.vload([0], dtype="int32x8") + quads
+
+
 def _emulated_vpdpbusd(A, B, C):
     """The quad step in portable vector arithmetic: lane i of quad element k is byte 4i + k."""
     vector = A.vload([0, 0], dtype=f"{A.dtype}x32")
@@ -137,16 +157,21 @@ def _implementation(group: int, a_dtype: str, b_dtype: str, acc: str, step):
     return impl
 
 
-def dot_intrin(operand_dtypes: tuple[str, str], acc: str, vec_first: bool, isa: str = "avx2") -> str | None:
+def dot_intrin(
+    operand_dtypes: tuple[str, str], acc: str, vec_first: bool, isa: str = "avx2", pair_sums_fit_int16: bool = False,
+) -> str | None:  # fmt: skip
     """The registered intrinsic (registered on first use) for a step with vector operand / broadcast
     operand dtypes ``operand_dtypes`` -- ("int16", "int16") for pairs, ("uint8", "int8") or
     ("int8", "uint8") for quads -- an ``acc`` accumulator and the kernel's factor order; None where
-    ``isa`` has no such step (quads need VNNI and int32 accumulators)."""
+    ``isa`` has no such step (quads need int32 accumulators, and VNNI or, on AVX2,
+    ``pair_sums_fit_int16``: the caller's proof that no u8 x s8 pair sum leaves int16)."""
     if isa not in ISAS:
         raise ValueError(f"isa must be one of {ISAS}, not {isa!r}")
     a_dtype, b_dtype = operand_dtypes
     group = 2 if operand_dtypes == ("int16", "int16") else 4
-    if group == 4 and (isa == "avx2" or acc != "int32" or {a_dtype, b_dtype} != {"uint8", "int8"}):
+    if group == 4 and (acc != "int32" or {a_dtype, b_dtype} != {"uint8", "int8"}):
+        return None
+    if group == 4 and isa == "avx2" and not pair_sums_fit_int16:
         return None
     if group == 2 and acc not in ("int32", "int64"):
         return None
@@ -160,7 +185,7 @@ def dot_intrin(operand_dtypes: tuple[str, str], acc: str, vec_first: bool, isa: 
         if group == 2:
             step = _vpdpwssd if impl_isa == "vnni" else _pmaddwd
         else:
-            step = _vpdpbusd if impl_isa == "vnni" else _emulated_vpdpbusd
+            step = {"vnni": _vpdpbusd, "avx2": _pmaddubsw}.get(impl_isa, _emulated_vpdpbusd)
         impl = _implementation(group, a_dtype, b_dtype, acc, step)
         TensorIntrin.register(name, _description(group, a_dtype, b_dtype, acc, vec_first), impl)
     return name
