@@ -1,5 +1,7 @@
-"""The VNNI dot-product path (targets/x86.py, TiledReduction's quads): uint8 x int8 kernels with
-int32 accumulators in byte quads, one ``vpdpbusd`` per step; int16 pairs with ``vpdpwssd``.
+"""The byte-quad dot-product paths (targets/x86.py, TiledReduction's quads). VNNI: uint8 x int8
+kernels with int32 accumulators in byte quads, one ``vpdpbusd`` per step; int16 pairs with
+``vpdpwssd``. AVX2: quads with ``vpmaddubsw`` only where no int16 pair sum can saturate (int4
+weights), run here on the real instruction; int8 weights keep the int16 pairs.
 
 This machine may have no VNNI, so the schedules run bit for bit against the numpy int64
 references with the quad step *emulated* (``dot_isa="emulated-vnni"``: the same layouts, tiles and
@@ -23,6 +25,7 @@ from test_integer_kernels import (
     main_module,
     ref_conv2d,
 )
+from tvm_mpq.quant_math import qrange
 from test_schedules import _conv_attrs, _conv_module, _fused_primfuncs, _has_reduction, run_dense_cases
 from tvm_mpq.targets import host_target, parse_target, pipeline
 from tvm_mpq.targets.schedules import TiledReduction, rules
@@ -51,6 +54,12 @@ DENSE_CASES = [((13, 40), 16), ((2, 7, 28), 24), ((16, 36), 5), ((1, 24, 20), 13
 
 
 @pytest.fixture
+def avx2_steps(monkeypatch):
+    """The pipeline's template rules with AVX2's steps, whatever this CPU has beyond AVX2."""
+    monkeypatch.setattr(pipeline, "template_rules", lambda ti: rules(8, dot_isa="avx2"))
+
+
+@pytest.fixture
 def emulated_vnni(monkeypatch):
     """The pipeline's template rules with the VNNI steps, vpdpbusd emulated."""
     monkeypatch.setattr(pipeline, "template_rules", lambda ti: rules(8, dot_isa="emulated-vnni"))
@@ -58,7 +67,8 @@ def emulated_vnni(monkeypatch):
 
 def _steps(mod: tvm.IRModule, target_info, dot_isa: str | None = None) -> list[str]:
     """Per reduction kernel of ``mod``, sorted: the dot-product step TiledReduction tensorizes it
-    to on ``target_info`` -- "vpdpbusd", "vpdpwssd", "vpmaddwd", "emulated vpdpbusd" or "none" --
+    to on ``target_info`` -- "vpdpbusd", "vpdpwssd", "vpmaddwd", "vpmaddubsw", "emulated vpdpbusd"
+    or "none" --
     with the pipeline's rule for that target (``dot_isa``: TiledReduction's with that ISA). Read
     off the schedule's trace (the intrinsic's name) and, for the real steps, the kernel itself."""
     rule = _template_rules(target_info)[1] if dot_isa is None else TiledReduction(8, dot_isa=dot_isa)
@@ -75,6 +85,8 @@ def _steps(mod: tvm.IRModule, target_info, dot_isa: str | None = None) -> list[s
             out.append("emulated vpdpbusd")
         elif "_vnni_dot_8x4_" in name:
             out.append("vpdpbusd" if "vpdpbusd" in script else f"? {name}")
+        elif "_avx2_dot_8x4_" in name:
+            out.append("vpmaddubsw" if "pmadd.ub.sw" in script else f"? {name}")
         elif "_vnni_dot_8x2_" in name:
             out.append("vpdpwssd" if "vpdpwssd" in script else f"? {name}")
         elif "_dot_8x2_" in name:
@@ -120,6 +132,32 @@ def test_dense_vnni_steps_bit_exact(emulated_vnni, act_dtype, zp, bits):
     assert _steps(mod, parse_target(ZNVER4)) == sorted(expect)
     ran = [{"vpdpbusd": "emulated vpdpbusd", "vpdpwssd": "vpmaddwd"}[e] for e in expect]
     assert _steps(mod, host_target(), "emulated-vnni") == sorted(ran)
+
+
+@pytest.mark.parametrize("bits,zp", [(4, 201), (8, 37)])
+def test_avx2_byte_quads_only_where_exact(avx2_steps, bits, zp):
+    """AVX2: uint8 x int4 kernels whose shared axis divides by 4 run in byte quads with
+    vpmaddubsw (exact: 2 * 255 * 8 < 2**15), bit for bit against numpy int64 on this CPU; int8
+    weights keep the int16 pairs (2 * 255 * 127 saturates). A case of all-255 activations against
+    weights at the extremes of their range is one a saturating step gets wrong."""
+    rng = np.random.default_rng(bits * 7 + zp)
+    cases = _conv_cases(rng, bits)
+    lo, hi = qrange(bits, True)
+    w = np.full((8, 12, 1, 1), hi, np.int64)
+    w[:, 1::2] = lo  # pairs of same-sign extremes and of opposite signs
+    w[::2, 0::4] = lo
+    cases.append(("quads_extremes_1x1", np.full((1, 12, 2, 8), 255, np.uint8), w, (1, 1), (0, 0, 0, 0), (1, 1), 1))
+    params, prepared, body = _conv_module(cases, bits, "uint8", zp)
+    got, mod = _build_run(params, body, [c[1] for c in cases])
+    for g, (name, x, w, strides, padding, dilation, groups), (_, _, acc, _) in zip(got, cases, prepared):
+        _assert_exact(g, ref_conv2d(x, w, zp, strides, padding, dilation, groups), acc, f"conv2d {name} w{bits}")
+    quad = "vpmaddubsw" if bits == 4 else "vpmaddwd"
+    step = {"quads": quad, "pairs": "vpmaddwd", "regular": "none"}
+    assert _steps(mod, host_target(), "avx2") == sorted(step[c[0].split("_")[0]] for c in cases)
+
+    dense, _ = run_dense_cases(rng, DENSE_CASES, bits, "uint8", zp)
+    expect = [quad if xs[-1] % 4 == 0 else "vpmaddwd" for xs, _ in DENSE_CASES]
+    assert _steps(dense, host_target(), "avx2") == sorted(expect)
 
 
 def test_int64_accumulators_keep_vpmaddwd_on_vnni():
