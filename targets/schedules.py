@@ -702,7 +702,14 @@ class TiledReduction(CPUScheduleRule):
         ]  # fmt: skip
         b = max(cands, key=lambda i: ext[i]) if cands else None
         lanes = DOT_LANES  # the dot steps work on 256-bit registers on every target (x86.py)
-        if ext[v] % lanes and b is not None and ext[b] % lanes == 0:
+
+        def strided(i):  # an operand reads output axis i at a stride (pixels of a stride-2 conv)
+            return any(
+                not _unit_stride(ld.indices[d], svars[i])
+                for ld, dims in zip(loads, idx_vars) for d, vs in enumerate(dims) if svars[i] in vs
+            )  # fmt: skip
+
+        if (ext[v] % lanes or strided(v)) and b is not None and ext[b] % lanes == 0:
             v, b = b, v
         if ext[v] % DOT_LANES:
             return False

@@ -139,6 +139,8 @@ PAIR_CONV_CASES = [
     ("pairs_channels_deep_odd_pairs", (1, 34, 2, 7), 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     # one 8-pixel vector per row: tiles of 2 rows x 6 channels share the weight broadcasts
     ("pairs_pixels_row_block_3x3", (1, 8, 6, 8), 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    # 16 output pixels per row, read at stride 2: vectors over the 16 channels instead
+    ("pairs_strided_pixels_to_channels", (1, 4, 9, 32), 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
 ]
 
 
