@@ -627,7 +627,39 @@ def end_to_end_task(quantizer, config: Config, op_signatures: Mapping[str, str],
 # ---------------------------------------------------------------------------------------------
 
 
-class MeasuredLatency:
+class PerOpLatency:
+    """A configuration's latency in ms as the sum of its ops' latencies (a table per (op, candidate
+    key), filled on first use by ``_latencies``) plus the constant C (``constant_ms``, see the
+    module docstring). Subclasses say where the figures come from: measurements or a model."""
+
+    quantizer = None
+    constant_ms = 0.0
+
+    def _latencies(self, tasks: Sequence[MeasureTask]) -> dict[str, float]:
+        """ms of each task, by signature."""
+        raise NotImplementedError
+
+    def op_latency(self, op_name: str, config: Mapping[str, Candidate]) -> float:
+        key = op_candidate_key(self.quantizer, op_name, config)
+        if (op_name, key) not in self.table:  # a combination outside the candidate list
+            sig, tasks = op_tasks(self.quantizer, [Candidate.parse(config[g]) for g in config], [op_name])
+            self.signatures.update(sig)
+            ms = self._latencies(tasks)
+            self.table.update({k: ms[s] for k, s in sig.items()})
+        return self.table[(op_name, key)]
+
+    def per_op(self, config) -> dict[str, float]:
+        config = self.quantizer.config(config)
+        return {name: self.op_latency(name, config) for name in self.quantizer.graph.ops}
+
+    def sum_of_layers(self, config) -> float:
+        return float(sum(self.per_op(config).values()))
+
+    def __call__(self, config) -> float:
+        return self.sum_of_layers(config) + self.constant_ms
+
+
+class MeasuredLatency(PerOpLatency):
     """Measured latency of a configuration in milliseconds (a ``tvm_mpq.cost.CostModel``).
 
     quantizer: the calibrated Quantizer; candidates: those the search offers (float is measured
@@ -657,24 +689,8 @@ class MeasuredLatency:
         self.constant_ms = self.float_end_to_end_ms - self.sum_of_layers(float_cfg)
         self.seconds = time.perf_counter() - t0
 
-    def op_latency(self, op_name: str, config: Mapping[str, Candidate]) -> float:
-        key = op_candidate_key(self.quantizer, op_name, config)
-        if (op_name, key) not in self.table:  # a combination outside the candidate list: measure it
-            sig, tasks = op_tasks(self.quantizer, [Candidate.parse(config[g]) for g in config], [op_name])
-            self.signatures.update(sig)
-            entries = run_tasks(self.device, tasks, self.cache)
-            self.table.update({k: entries[s]["ms"] for k, s in sig.items()})
-        return self.table[(op_name, key)]
-
-    def per_op(self, config) -> dict[str, float]:
-        config = self.quantizer.config(config)
-        return {name: self.op_latency(name, config) for name in self.quantizer.graph.ops}
-
-    def sum_of_layers(self, config) -> float:
-        return float(sum(self.per_op(config).values()))
-
-    def __call__(self, config) -> float:
-        return self.sum_of_layers(config) + self.constant_ms
+    def _latencies(self, tasks: Sequence[MeasureTask]) -> dict[str, float]:
+        return {s: e["ms"] for s, e in run_tasks(self.device, tasks, self.cache).items()}
 
     def op_signatures(self, config) -> dict[str, str]:
         config = self.quantizer.config(config)

@@ -59,6 +59,7 @@ from .latency import (
     LatencyCache,
     LatencyError,
     LocalDevice,
+    PerOpLatency,
     end_to_end_task,
     op_candidate_key,
     op_tasks,
@@ -573,7 +574,7 @@ class LatencyModel:
                    meta.get("trained"))
 
 
-class PredictedLatency:
+class PredictedLatency(PerOpLatency):
     """Latency of a configuration in ms: measured where the cache has the (op, candidate), predicted
     by ``model`` elsewhere; plus the constant C (see tvm_mpq.latency), measured when ``device`` is
     given (one end-to-end run of the float model), else ``constant_ms``.
@@ -628,25 +629,9 @@ class PredictedLatency:
         model = LatencyModel.fit(current_entries(cache.entries(device.namespace)), device.target, **fit_kwargs)
         return cls(quantizer, model, cands, cache, device)
 
-    def op_latency(self, op_name: str, config) -> float:
-        key = op_candidate_key(self.quantizer, op_name, config)
-        if (op_name, key) not in self.table:
-            sig, tasks = op_tasks(self.quantizer, [Candidate.parse(config[g]) for g in config], [op_name])
-            specs = {t.signature: t.spec for t in tasks}
-            pred = dict(zip(specs, self.model.predict_specs(list(specs.values()))))
-            self.table.update({k: float(pred[s]) for k, s in sig.items()})
-            self.signatures.update(sig)
-        return self.table[(op_name, key)]
-
-    def per_op(self, config) -> dict[str, float]:
-        config = self.quantizer.config(config)
-        return {name: self.op_latency(name, config) for name in self.quantizer.graph.ops}
-
-    def sum_of_layers(self, config) -> float:
-        return float(sum(self.per_op(config).values()))
-
-    def __call__(self, config) -> float:
-        return self.sum_of_layers(config) + self.constant_ms
+    def _latencies(self, tasks) -> dict[str, float]:
+        specs = {t.signature: t.spec for t in tasks}
+        return {s: float(ms) for s, ms in zip(specs, self.model.predict_specs(list(specs.values())))}
 
     @property
     def measured_fraction(self) -> float:
