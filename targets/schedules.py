@@ -283,16 +283,29 @@ def _checked(sch: s_tir.Schedule):
     return sch if ok else None
 
 
+def _normalized(func, rule: CPUScheduleRule | None = None, target=None):
+    """``(schedule, blocks)``: a fresh schedule of a PrimFunc and its normalized blocks; None
+    where dlight's analysis cannot normalize it (the function keeps the default lowering) or,
+    given a ``rule``, where ``func`` is no PrimFunc or the rule does not apply to ``target``."""
+    if rule is not None and (not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target)):
+        return None
+    sch = s_tir.Schedule(func)
+    try:
+        infos = normalize_prim_func(sch)
+    except Exception:  # noqa: BLE001 - an unanalyzable function
+        return None
+    return None if infos is None else (sch, infos)
+
+
 def _single_reduction(func):
     """``(schedule, blocks, index)``: a fresh schedule of ``func``, its normalized blocks and the
     index of its one reduction block; None where the function cannot be normalized or has not
     exactly one reduction (the templates schedule one reduction with its producers and epilogue)."""
-    sch = s_tir.Schedule(func)
-    try:
-        infos = normalize_prim_func(sch)
-    except Exception:  # noqa: BLE001
+    normalized = _normalized(func)
+    if normalized is None:
         return None
-    reds = [i for i, b in enumerate(infos or []) if "R" in b.dom_kind()]
+    sch, infos = normalized
+    reds = [i for i, b in enumerate(infos) if "R" in b.dom_kind()]
     if len(reds) != 1:
         return None
     return sch, infos, reds[0]
@@ -1153,17 +1166,12 @@ class InlinedElementwise(CPUScheduleRule):
         self.vector_lanes = vector_lanes
 
     def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        normalized = _normalized(func, self, target)
+        if normalized is None:
             return None
-        sch = s_tir.Schedule(func)
-        try:
-            infos = normalize_prim_func(sch)
-        except Exception:  # noqa: BLE001
-            return None
-        if not infos or any("R" in b.dom_kind() for b in infos):
-            return None
-        if any(any(k != "S" for k in b.dom_kind()) for b in infos):
-            return None
+        sch, infos = normalized
+        if not infos or any(any(k != "S" for k in b.dom_kind()) for b in infos):
+            return None  # a reduction, or an opaque block
         try:
             left = _inline_chain(sch, [b.block_rv for b in infos])
             for b in left:
@@ -1181,15 +1189,10 @@ class ParallelVectorize(CPUScheduleRule):
         self.vector_lanes = vector_lanes
 
     def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        normalized = _normalized(func, self, target)
+        if normalized is None:
             return None
-        sch = s_tir.Schedule(func)
-        try:
-            infos = normalize_prim_func(sch)
-        except Exception:  # noqa: BLE001 - an unanalyzable function keeps the default lowering
-            return None
-        if infos is None:
-            return None
+        sch, infos = normalized
         for info in infos:
             try:
                 self._schedule_block(sch, info)
