@@ -7,7 +7,8 @@ clock and instructions this machine may not have -- LLVM sees an AVX2 Zen 3 here
 VNNI, and its sustained clock is below the nominal one. benchmarks/native/peak_x86.c runs
 register-only loops of ``vfmadd231ps`` (fp32), ``vpmaddwd`` + ``vpaddd`` (int16 pairs: tvm_mpq's
 exact integer path for int8 and int16) and ``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd`` (the
-saturating u8 x s8 path ONNX Runtime's AVX2 kernels use), one thread, best of 5, compiled here with
+saturating u8 x s8 path ONNX Runtime's AVX2 kernels use; tvm_mpq's for int4 weights, where it is
+exact), one thread, best of 5, compiled here with
 the system C compiler (``cc``; absent: ``measured_peaks`` returns None and callers fall back to
 the nominal figures, saying so). Where the CPU has AVX512-VNNI it is built with VNNI and adds
 ``vpdpbusd`` (u8 x s8) and ``vpdpwssd`` (int16) loops: the steps of tvm_mpq's VNNI kernels
@@ -57,7 +58,7 @@ def main():
     print("measured per-core peak, 1 thread (register-only loops, best of 5):")
     print(f"  fp32 FMA                        {peaks['fp32']:7.1f} GFLOP/s")
     print(f"  int16 pairs (vpmaddwd+vpaddd)   {peaks['int16_pairs']:7.1f} GOP/s   tvm_mpq's int8/int16 path")
-    print(f"  u8 x s8 (vpmaddubsw, saturates) {peaks['u8s8_saturating']:7.1f} GOP/s   ONNX Runtime's AVX2 int8 path")
+    print(f"  u8 x s8 (vpmaddubsw, saturates) {peaks['u8s8_saturating']:7.1f} GOP/s   ONNX Runtime's AVX2 int8 path, tvm_mpq's int4")
     if "u8s8_vnni" in peaks:
         print(f"  u8 x s8 (vpdpbusd, VNNI)        {peaks['u8s8_vnni']:7.1f} GOP/s   tvm_mpq's int8 path on VNNI")
         print(f"  int16 pairs (vpdpwssd, VNNI)    {peaks['int16_vnni']:7.1f} GOP/s   tvm_mpq's int16 path on VNNI")

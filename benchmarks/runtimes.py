@@ -25,7 +25,7 @@ Rows, per model and thread count:
   the thread count, ``inter_op_num_threads`` = 1; for MiniLM also ``quantize_dynamic`` (ORT's
   recipe for transformers), and int8 QDQ again with ``reduce_range=True`` (7-bit weights: ORT's
   remedy for the saturating int16 sums of its AVX2 u8 x s8 kernels, ``vpmaddubsw``; tvm_mpq's
-  ``vpmaddwd`` kernels are exact). The "/ORT int8" ratio is always against the static QDQ row;
+  kernels are exact: ``vpmaddwd`` on int16 pairs, ``vpmaddubsw`` only for int4 weights). The "/ORT int8" ratio is always against the static QDQ row;
 - tvm_mpq float / w8a8 / w16a16 / w4a8: uniform configurations realized with integer kernels for
   this host (``Quantizer.realize(config)``, which is what ``tvm_mpq.compile(..., config=...)``
   calls after import and calibration; the model is imported and calibrated once per model),
@@ -388,7 +388,7 @@ def ort_rows(case: ModelCase, workdir: Path) -> list[Row]:
     except Exception as e:  # noqa: BLE001
         rows[1].skip = f"quantize_static failed: {_short(e)}"
     # The same with 7-bit weights: ORT's documented remedy for the int16 saturation of its AVX2 /
-    # AVX-512 u8 x s8 kernels (vpmaddubsw), which tvm_mpq's exact vpmaddwd kernels do not have.
+    # AVX-512 u8 x s8 kernels (vpmaddubsw), which tvm_mpq's exact kernels do not have.
     rows.append(Row("ONNX Runtime int8 QDQ reduce_range", "ort"))
     rr_path = workdir / f"{case.key}-int8rr.onnx"
     paths.append(rr_path)

@@ -28,7 +28,11 @@ batched matmul, float or integer, with their fused epilogues:
   when their reduction has an even shared axis (input channels, K): both operands in int16 with
   pairs of that axis innermost, and the inner step tensorized to ``vpmaddwd`` (targets/x86.py),
   which does 16 exact multiply-adds per instruction -- twice LLVM's own widening multiply, and
-  without the shuffles narrow broadcasts cost;
+  without the shuffles narrow broadcasts cost. uint8 x int8 kernels take byte *quads* of the axis
+  instead where the step for them is exact: ``vpdpbusd`` on VNNI targets; on AVX2
+  ``vpmaddubsw``, whose int16 pair sums saturate, only where the operands' value ranges (TVM's
+  analyzer on their producers: the int4 unpack) prove that no pair sum can (``_value_range``).
+  A pixel axis that is read at a stride gives its vectors to the output channels;
 - the epilogue runs on the tile right after its reduction (``reverse_compute_at``), so the
   accumulator never leaves the registers / L1 and no intermediate is written;
 - weights read along the vector axis are blocked by the tile's vector length at compile time

@@ -5,7 +5,7 @@
  *   fp32   vfmadd231ps ymm                         (2 ops per lane: multiply + add)
  *   int16  vpmaddwd + vpaddd, int16 pairs -> int32 (tvm_mpq's exact integer path)
  *   u8s8   vpmaddubsw + vpmaddwd(ones) + vpaddd    (ONNX Runtime's AVX2 u8 x s8 path; its int16
- *          pair sums saturate, so tvm_mpq does not use it)
+ *          pair sums saturate, so tvm_mpq uses it only where they cannot: int4 weights)
  * Built with -mavx512vnni -mavx512vl (peak.py does so only where the CPU has them), two more:
  *   u8s8_vnni   vpdpbusd ymm (32 exact u8 x s8 multiply-adds per instruction: tvm_mpq's VNNI path)
  *   int16_vnni  vpdpwssd ymm (16 int16 multiply-adds per instruction)
