@@ -2,9 +2,9 @@
 
 Conventions (fixed by tvm_mpq.quant_math, the numpy reference):
 - activations at 8 bits are asymmetric uint8 (zero point ``zp``); at 16 bits symmetric int16;
-- weights are symmetric per output channel: int8 for 4 and 8 bits (int4 stored packed two per byte,
-  unpacked by a stage of the kernel -- which the x86 templates turn into a compile-time layout
-  rewrite), int16 for 16 bits;
+- weights are symmetric per output channel: int8 for 4, 7 and 8 bits (int4 stored packed two per
+  byte, unpacked by a stage of the kernel -- which the x86 templates turn into a compile-time layout
+  rewrite; 7 bits read through a clamp stage that tells the templates their range), int16 for 16;
 - every kernel returns the *centered* accumulator ``sum((xq - zp) * wq)`` in int32, or int64 when
   the worst case of the layer's actual integer weights could overflow int32.
 
@@ -101,6 +101,17 @@ def _unpack_int4(packed, index_fn, dtype="int8"):
     return value
 
 
+def _narrow_weight(weight, weight_bits: int, shape, index_fn):
+    """The int8 weight of a < 8-bit layer as the kernel reads it (``shape``; element ``idx`` is
+    ``weight[index_fn(*idx)]``): through a clamp to its range -- a no-op on its values, but one
+    TVM's analyzer bounds, from which the x86 templates prove that ``vpmaddubsw`` cannot
+    saturate; the compiler folds it into the weight's layout rewrite, as it does the int4 unpack."""
+    lo, hi = (tvm.tirx.const(v, "int8") for v in (-(2 ** (weight_bits - 1)), 2 ** (weight_bits - 1) - 1))
+    return te.compute(
+        shape, lambda *idx: te.max(te.min(weight[index_fn(*idx)], hi), lo), name=f"int{weight_bits}_weight"
+    )
+
+
 def emit_conv2d(
     bb, xq, weight, attrs, zero_point: int, weight_bits: int, weight_shape, acc_dtype: str,
     float_weight: np.ndarray | None = None,
@@ -109,7 +120,8 @@ def emit_conv2d(
     correction).
 
     ``weight`` is an int8/int16 OIHW constant, or for 4 bits a uint8 ``[O, ceil(I*KH*KW/2)]``
-    packed constant of the OIHW weight flattened per output channel. With ``float_weight`` (the
+    packed constant of the OIHW weight flattened per output channel (7 bits: int8, read through
+    ``_narrow_weight``). With ``float_weight`` (the
     integer weight values as float32, given only where ``exact_in_float32`` holds) the sum is
     computed in float32 -- exactly -- and cast back to ``acc_dtype`` (``"float32"``: kept as is;
     ``emit_zero_point_correction`` with ``"float32"`` then stays exact too, its terms being below
@@ -163,6 +175,13 @@ def emit_conv2d(
             return topi.nn.conv(x, w, strides, pad, dilation, groups, "NCHW", "OIHW", acc_dtype)
 
         acc = bb.emit_te(conv_te, xq, weight, primfunc_name_hint="conv2d_int4")
+    elif weight_bits < 8:
+
+        def conv_narrow_te(x, wc):
+            w = _narrow_weight(wc, weight_bits, wc.shape, lambda *idx: idx)
+            return topi.nn.conv(x, w, strides, pad, dilation, groups, "NCHW", "OIHW", acc_dtype)
+
+        acc = bb.emit_te(conv_narrow_te, xq, weight, primfunc_name_hint=f"conv2d_int{weight_bits}")
     else:
         acc = bb.emit(
             relax.op.nn.conv2d(
@@ -177,25 +196,29 @@ def emit_dense(bb, xq, weight, weight_bits: int, k: int, n: int, acc_dtype: str)
     """Integer ``x[..., K] @ W[K, N]`` returning the accumulator.
 
     ``weight`` is an int8/int16 ``[K, N]`` constant, or for 4 bits a uint8 ``[N, ceil(K/2)]``
-    packed constant (the torch ``[out, in]`` layout packed along ``in``).
+    packed constant (the torch ``[out, in]`` layout packed along ``in``); 7 bits: int8 ``[K, N]``
+    read through ``_narrow_weight``.
     """
-    if weight_bits == 4:
+    if weight_bits >= 8:
+        return bb.emit(relax.op.matmul(xq, weight, out_dtype=acc_dtype))
 
-        def dense_te(x, packed):
-            # The unpack is a stage of its own (as for convs): the templates turn it into the
-            # operand's layout stage, unpacked once per call; inlined in the reduction it ran
-            # per multiply-add (MiniLM w4a8: 165 ms against 24 ms for w8a8, one thread).
-            w = te.compute((n, k), _unpack_int4(packed, lambda nn, kk: (nn, kk)), name="unpack_int4")
-            red = te.reduce_axis((0, k), name="k")
-            lead = x.shape[:-1]
-            return te.compute(
-                (*lead, n),
-                lambda *idx: te.sum(x[(*idx[:-1], red)].astype(acc_dtype) * w[idx[-1], red].astype(acc_dtype), axis=red),
-                name="dense_int4",
-            )
+    def dense_te(x, wc):
+        # The unpack (clamp) is a stage of its own (as for convs): the templates turn it into the
+        # operand's layout stage, done once; inlined in the reduction the int4 unpack ran per
+        # multiply-add (MiniLM w4a8: 165 ms against 24 ms for w8a8, one thread).
+        if weight_bits == 4:
+            w = te.compute((n, k), _unpack_int4(wc, lambda nn, kk: (nn, kk)), name="unpack_int4")
+        else:
+            w = _narrow_weight(wc, weight_bits, (n, k), lambda nn, kk: (kk, nn))
+        red = te.reduce_axis((0, k), name="k")
+        lead = x.shape[:-1]
+        return te.compute(
+            (*lead, n),
+            lambda *idx: te.sum(x[(*idx[:-1], red)].astype(acc_dtype) * w[idx[-1], red].astype(acc_dtype), axis=red),
+            name=f"dense_int{weight_bits}",
+        )
 
-        return bb.emit_te(dense_te, xq, weight, primfunc_name_hint="dense_int4")
-    return bb.emit(relax.op.matmul(xq, weight, out_dtype=acc_dtype))
+    return bb.emit_te(dense_te, xq, weight, primfunc_name_hint=f"dense_int{weight_bits}")
 
 
 def emit_zero_point_correction(bb, acc, zero_point: int, weight_sums: np.ndarray, shape, acc_dtype: str):

@@ -188,7 +188,7 @@ class RealizeQuantization:
 
             @staticmethod
             def info(enc, wenc, acc_dtype):
-                wdesc = "int4 (packed uint8)" if wenc.bits == 4 else ("int8" if wenc.bits <= 8 else "int16")
+                wdesc = {4: "int4 (packed uint8)", 7: "int7 (int8)", 8: "int8"}.get(wenc.bits, "int16")
                 return {"activation": _act_dtype(enc), "weight": wdesc, "accumulator": acc_dtype}
 
         # A copy: the builder adds the int4 PrimFuncs (emit_te) to the module it is given, in place.

@@ -4,7 +4,7 @@ What a user relies on, checked on models small enough that the whole file runs i
 
 * every candidate and a mixed configuration realize to integer kernels whose outputs equal the
   fake-quant simulation the search evaluates (so the search's numbers are what users get);
-* more bits means less error (w16a16 > w8a8 > w4a8 against the float model);
+* more bits means less error (w16a16 > w8a8 > w4a8, w7a8 > w4a8 against the float model);
 * group names are the source model's names ("conv", "fc", ONNX initializer names);
 * torch Modules, ExportedPrograms, ONNX protos and files, and Relax IRModules (weights bound or
   as parameters) all import; torch tensors and bare arrays are accepted;
@@ -269,7 +269,7 @@ def test_attention_group_names_are_torch_module_names(attn):
 
 
 @pytest.mark.parametrize("model", ["cnn", "attn"])
-@pytest.mark.parametrize("cand", [*CANDIDATES, "mixed"])
+@pytest.mark.parametrize("cand", [*CANDIDATES, "w7a8", "mixed"])
 def test_simulation_equals_realization(request, model, cand):
     case = request.getfixturevalue(model)
     qm = case.realized(cand)
@@ -291,8 +291,11 @@ def test_simulation_equals_realization(request, model, cand):
 @pytest.mark.parametrize("model", ["cnn", "attn"])
 def test_more_bits_means_less_error(request, model):
     case = request.getfixturevalue(model)
-    s = {c: case.realized(c).sqnr_vs_float(case.x) for c in ("w16a16", "w8a8", "w4a8")}
+    s = {c: case.realized(c).sqnr_vs_float(case.x) for c in ("w16a16", "w8a8", "w7a8", "w4a8")}
     assert s["w16a16"] > s["w8a8"] > s["w4a8"], s
+    # 7-bit weights: well above 4 bits; against 8 bits within the activations' noise (the
+    # attention model's w7a8 came out 1.5 dB *above* its w8a8)
+    assert s["w7a8"] > s["w4a8"] + 6.0, s
     assert s["w16a16"] > 60.0 and s["w8a8"] > 25.0, s
     # The float "realization" is the float model.
     assert case.realized("float").sqnr_vs_float(case.x) > 100.0

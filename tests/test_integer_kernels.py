@@ -199,7 +199,7 @@ def _weight_const(w_oihw: np.ndarray, bits: int):
     o = w_oihw.shape[0]
     if bits == 4:
         return relax.const(pack_int4(w_oihw.reshape(o, -1)), "uint8")
-    dtype = "int8" if bits == 8 else "int16"
+    dtype = "int8" if bits <= 8 else "int16"
     return relax.const(w_oihw.astype(dtype), dtype)
 
 
@@ -309,7 +309,7 @@ def _run_dense_cases(cases, bits, act_dtype, zp):
         if bits == 4:
             const = relax.const(pack_int4(w_nk), "uint8")
         else:
-            dtype = "int8" if bits == 8 else "int16"
+            dtype = "int8" if bits <= 8 else "int16"
             const = relax.const(np.ascontiguousarray(w_kn).astype(dtype), dtype)
         params.append(_tensor_var(f"xq{j}", x.shape, act_dtype))
         prepared.append((const, k, n, w_nk, acc))

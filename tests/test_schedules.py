@@ -356,7 +356,7 @@ def run_dense_cases(rng, cases, bits: int, act_dtype: str, zp: int):
         if bits == 4:
             const = relax.const(pack_int4(w.T), "uint8")
         else:
-            const = relax.const(w.astype("int8" if bits == 8 else "int16"))
+            const = relax.const(w.astype("int8" if bits <= 8 else "int16"))
         params.append(_tensor_var(f"x{j}", xshape, act_dtype))
         prepared.append((const, xshape[-1], n, w, acc))
         inputs.append(x)

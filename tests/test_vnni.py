@@ -134,10 +134,10 @@ def test_dense_vnni_steps_bit_exact(emulated_vnni, act_dtype, zp, bits):
     assert _steps(mod, host_target(), "emulated-vnni") == sorted(ran)
 
 
-@pytest.mark.parametrize("bits,zp", [(4, 201), (8, 37)])
+@pytest.mark.parametrize("bits,zp", [(4, 201), (7, 37), (8, 37)])
 def test_avx2_byte_quads_only_where_exact(avx2_steps, bits, zp):
-    """AVX2: uint8 x int4 kernels whose shared axis divides by 4 run in byte quads with
-    vpmaddubsw (exact: 2 * 255 * 8 < 2**15), bit for bit against numpy int64 on this CPU; int8
+    """AVX2: uint8 x int4 / int7 kernels whose shared axis divides by 4 run in byte quads with
+    vpmaddubsw (exact: 2 * 255 * 64 < 2**15), bit for bit against numpy int64 on this CPU; int8
     weights keep the int16 pairs (2 * 255 * 127 saturates). A case of all-255 activations against
     weights at the extremes of their range is one a saturating step gets wrong."""
     rng = np.random.default_rng(bits * 7 + zp)
@@ -151,7 +151,7 @@ def test_avx2_byte_quads_only_where_exact(avx2_steps, bits, zp):
     got, mod = _build_run(params, body, [c[1] for c in cases])
     for g, (name, x, w, strides, padding, dilation, groups), (_, _, acc, _) in zip(got, cases, prepared):
         _assert_exact(g, ref_conv2d(x, w, zp, strides, padding, dilation, groups), acc, f"conv2d {name} w{bits}")
-    quad = "vpmaddubsw" if bits == 4 else "vpmaddwd"
+    quad = "vpmaddubsw" if bits < 8 else "vpmaddwd"
     step = {"quads": quad, "pairs": "vpmaddwd", "regular": "none"}
     assert _steps(mod, host_target(), "avx2") == sorted(step[c[0].split("_")[0]] for c in cases)
 

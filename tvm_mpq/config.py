@@ -17,8 +17,11 @@ from .errors import ConfigError
 
 _CANDIDATE_RE = re.compile(r"^w(\d+)a(\d+)$")
 
-#: Weight and activation bit-widths with a realization (integer kernel) on every target.
-SUPPORTED_WEIGHT_BITS = (4, 8, 16)
+#: Weight and activation bit-widths with a realization (integer kernel) on every target. 7-bit
+#: weights (stored as int8) are int8's counterpart for AVX2 CPUs: against uint8 activations they
+#: run in exact ``vpmaddubsw`` byte quads, as int4 weights do (targets/x86.py), where 8-bit weights
+#: need int16 pairs -- the arithmetic of ONNX Runtime's ``reduce_range`` int8 on AVX2.
+SUPPORTED_WEIGHT_BITS = (4, 7, 8, 16)
 SUPPORTED_ACTIVATION_BITS = (8, 16)
 #: The candidates of the paper's experiments, highest precision first.
 DEFAULT_CANDIDATES = ("w16a16", "w8a16", "w8a8", "w4a8")
