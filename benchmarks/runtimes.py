@@ -26,10 +26,11 @@ Rows, per model and thread count:
   recipe for transformers), and int8 QDQ again with ``reduce_range=True`` (7-bit weights: ORT's
   remedy for the saturating int16 sums of its AVX2 u8 x s8 kernels, ``vpmaddubsw``; tvm_mpq's
   kernels are exact: ``vpmaddwd`` on int16 pairs, ``vpmaddubsw`` only for int4 weights). The "/ORT int8" ratio is always against the static QDQ row;
-- tvm_mpq float / w8a8 / w16a16 / w4a8: uniform configurations realized with integer kernels for
-  this host (``Quantizer.realize(config)``, which is what ``tvm_mpq.compile(..., config=...)``
+- tvm_mpq float / w8a8 / w7a8 / w16a16 / w4a8: uniform configurations realized with integer kernels
+  for this host (``Quantizer.realize(config)``, which is what ``tvm_mpq.compile(..., config=...)``
   calls after import and calibration; the model is imported and calibrated once per model),
-  timed with the Relax VM's ``time_evaluator``.
+  timed with the Relax VM's ``time_evaluator``. w7a8 (7-bit weights) is the counterpart of ONNX
+  Runtime's reduce_range row: on AVX2 both run u8 x s7 products with ``vpmaddubsw``.
 
 Timing: threads are set per runtime (TVM's pool with ``runtime.config_threadpool``, torch with
 ``torch.set_num_threads``, ONNX Runtime per session). After warm-up, every runtime gets a
@@ -76,7 +77,7 @@ RUNTIME_FAMILIES = ("torch", "ort", "tvm_mpq")
 _ap.add_argument("--runtimes", default=",".join(RUNTIME_FAMILIES),
                  help="comma-separated runtime families to run (e.g. 'ort' alone, to see it without "
                       "the other runtimes' thread pools around)")
-_ap.add_argument("--candidates", default="float,w8a8,w16a16,w4a8", help="tvm_mpq uniform configurations")
+_ap.add_argument("--candidates", default="float,w8a8,w7a8,w16a16,w4a8", help="tvm_mpq uniform configurations")
 _ap.add_argument("--quick", action="store_true", help="5 repeats of >= 10 ms, fewer calibration samples")
 _ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "runtimes.json"),
                  help="JSON result path")
