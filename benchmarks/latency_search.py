@@ -3,6 +3,8 @@ which is faster on this CPU, measured end to end.
 
     .venv/bin/python benchmarks/latency_search.py                          # both models (20-30 min here)
     .venv/bin/python benchmarks/latency_search.py --models mobilenet_v2     # one model
+    .venv/bin/python benchmarks/latency_search.py --models mobilenet_v2 \
+        --candidates w16a16,w8a16,w8a8,w7a8,w4a8 --out benchmarks/results/latency-search-w7a8-summary.json
 
 Per model (MobileNetV2 with torchvision's weights on the ImageNet sample; all-MiniLM-L6-v2 on STS-B
 dev sentences; both from ../shared/data through tvm_mpq.datasets, batch 1):
@@ -77,6 +79,7 @@ from tvm_mpq.latency import LocalDevice, MeasuredLatency, Timing, random_inputs,
 from tvm_mpq.search import search  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+#: The searches' candidates (--candidates; e.g. add w7a8, which AVX2 runs at int4 speed).
 CANDS = ["w16a16", "w8a16", "w8a8", "w4a8"]
 
 
@@ -88,7 +91,7 @@ def composition(config: Config) -> str:
     counts: dict[str, int] = {}
     for c in config.values():
         counts[str(c)] = counts.get(str(c), 0) + 1
-    order = ["float", "w16a16", "w8a16", "w8a8", "w4a8"]
+    order = ["float", "w16a16", "w8a16", "w8a8", "w7a8", "w4a8"]
     return " ".join(f"{k}x{counts[k]}" for k in sorted(counts, key=lambda k: order.index(k) if k in order else 9))
 
 
@@ -329,7 +332,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=5, help="time_evaluator repeats per round")
     ap.add_argument("--rounds", type=int, default=10, help="rounds of end-to-end timing (interleaved)")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--candidates", default=",".join(CANDS), help="comma list, highest precision first")
     args = ap.parse_args()
+    CANDS[:] = [c.strip() for c in args.candidates.split(",") if c.strip()]
     log(f"target {tvm_mpq.targets.host_target()}; TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS', 'unset')}; "
         f"load average {os.getloadavg()[0]:.2f}; cache {args.cache}")
     t0 = time.perf_counter()

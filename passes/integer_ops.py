@@ -121,11 +121,10 @@ def emit_conv2d(
 
     ``weight`` is an int8/int16 OIHW constant, or for 4 bits a uint8 ``[O, ceil(I*KH*KW/2)]``
     packed constant of the OIHW weight flattened per output channel (7 bits: int8, read through
-    ``_narrow_weight``). With ``float_weight`` (the
-    integer weight values as float32, given only where ``exact_in_float32`` holds) the sum is
-    computed in float32 -- exactly -- and cast back to ``acc_dtype`` (``"float32"``: kept as is;
-    ``emit_zero_point_correction`` with ``"float32"`` then stays exact too, its terms being below
-    the same bound).
+    ``_narrow_weight``). With ``float_weight`` (the integer weight values as float32, given only
+    where ``exact_in_float32`` holds) the sum is computed in float32 -- exactly -- and cast back
+    to ``acc_dtype`` (``"float32"``: kept as is; ``emit_zero_point_correction`` with ``"float32"``
+    then stays exact too, its terms being below the same bound).
     """
     pad = [int(p) for p in attrs.padding]
     strides = [int(s) for s in attrs.strides]

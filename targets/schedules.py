@@ -31,7 +31,8 @@ batched matmul, float or integer, with their fused epilogues:
   without the shuffles narrow broadcasts cost. uint8 x int8 kernels take byte *quads* of the axis
   instead where the step for them is exact: ``vpdpbusd`` on VNNI targets; on AVX2
   ``vpmaddubsw``, whose int16 pair sums saturate, only where the operands' value ranges (TVM's
-  analyzer on their producers: the int4 unpack) prove that no pair sum can (``_value_range``).
+  analyzer on their producers: the int4 unpack, the 7-bit weights' clamp) prove that no pair sum
+  can (``_value_range``).
   A pixel axis that is read at a stride gives its vectors to the output channels;
 - the epilogue runs on the tile right after its reduction (``reverse_compute_at``), so the
   accumulator never leaves the registers / L1 and no intermediate is written;
@@ -978,7 +979,8 @@ INT16_MAX = 2**15 - 1
 
 def _value_range(sch: s_tir.Schedule, buf, producers) -> tuple[int, int]:
     """Bounds of the integers a kernel reads from ``buf``: of the value its producer in this
-    function stores, by TVM's analyzer (an int4 unpack: [-16, 15]), else of ``buf``'s dtype."""
+    function stores, by TVM's analyzer (an int4 unpack: [-16, 15]; a 7-bit weight's clamp:
+    [-64, 63]), else of ``buf``'s dtype."""
     for p in producers:
         blk = sch.get(p)
         if blk.writes[0].source.same_as(buf) and isinstance(blk.body, tirx.BufferStore):

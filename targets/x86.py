@@ -17,8 +17,8 @@ x data): tensorize matches the body structurally.
   four times the multiply-adds of the pair step per instruction, exact.
 - quads of bytes on AVX2, only where the kernel proves it exact: ``vpmaddubsw`` multiplies 32
   u8 x s8 pairs and adds adjacent products into 16 int16 -- *saturating*, so it is exact only when
-  every pair sum fits int16 (``2 * max(u) * max|s| <= 32767``: int4 weights against uint8
-  activations, not int8 ones) --, then ``vpmaddwd`` by ones adds those into 8 int32 quads and
+  every pair sum fits int16 (``2 * max(u) * max|s| <= 32767``: int4 or 7-bit weights against
+  uint8 activations, not 8-bit ones) --, then ``vpmaddwd`` by ones adds those into 8 int32 quads and
   ``vpaddd`` accumulates: 32 multiply-adds in three instructions, where pairs take four, and
   operands in bytes, half the pairs' memory traffic.
 
