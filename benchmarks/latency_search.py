@@ -81,6 +81,7 @@ from tvm_mpq.search import search  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 #: The searches' candidates (--candidates; e.g. add w7a8, which AVX2 runs at int4 speed).
 CANDS = ["w16a16", "w8a16", "w8a8", "w4a8"]
+DEFAULT_CANDS = list(CANDS)
 
 
 def log(*a):
@@ -183,6 +184,8 @@ def run_task(task: Task, args, cache_path: Path) -> dict:
         f"{lat.float_end_to_end_ms:.2f} ms, C = {lat.constant_ms:.2f} ms")
     bops = RelativeBops(q, CANDS)
     tag = "-".join(f"{k}{v}" for k, v in sorted(task.setup.items()))
+    if CANDS != DEFAULT_CANDS:  # the search's results cache is per candidate list
+        tag += "-" + "-".join(CANDS)
     results_dir = REPO / "out" / "latency-search" / f"{task.name}-{tag}"
     common = dict(candidates=CANDS, calibration_inputs=task.phase1, results_dir=results_dir, progress=args.progress)
     F = task.floor
