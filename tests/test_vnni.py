@@ -1,7 +1,7 @@
 """The byte-quad dot-product paths (targets/x86.py, TiledReduction's quads). VNNI: uint8 x int8
 kernels with int32 accumulators in byte quads, one ``vpdpbusd`` per step; int16 pairs with
-``vpdpwssd``. AVX2: quads with ``vpmaddubsw`` only where no int16 pair sum can saturate (int4
-weights), run here on the real instruction; int8 weights keep the int16 pairs.
+``vpdpwssd``. AVX2: quads with ``vpmaddubsw`` only where no int16 pair sum can saturate (int4 and
+7-bit weights), run here on the real instruction; 8-bit weights keep the int16 pairs.
 
 This machine may have no VNNI, so the schedules run bit for bit against the numpy int64
 references with the quad step *emulated* (``dot_isa="emulated-vnni"``: the same layouts, tiles and
@@ -25,8 +25,8 @@ from test_integer_kernels import (
     main_module,
     ref_conv2d,
 )
-from tvm_mpq.quant_math import qrange
 from test_schedules import _conv_attrs, _conv_module, _fused_primfuncs, _has_reduction, run_dense_cases
+from tvm_mpq.quant_math import qrange
 from tvm_mpq.targets import host_target, parse_target, pipeline
 from tvm_mpq.targets.schedules import TiledReduction, rules
 
