@@ -2,8 +2,8 @@
 
 ``tvm_mpq.compile(model, target, calibration=..., config=...)`` imports a float model, calibrates it
 on unlabeled data, and returns a module whose layers run real integer kernels at the bit-widths of
-the configuration (group name -> "w8a8" / "w4a8" / "w8a16" / "w16a16" / "float") -- given, or found by
-the mixed-precision search (``tvm_mpq.search``) within an accuracy / SQNR / cost budget.
+the configuration (group name -> "w8a8" / "w4a8" / "w7a8" / "w8a16" / "w16a16" / "float") -- given,
+or found by the mixed-precision search (``tvm_mpq.search``) within an accuracy / SQNR / cost budget.
 """
 
 from .config import DEFAULT_CANDIDATES, FLOAT, Candidate, Config
