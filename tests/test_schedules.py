@@ -20,6 +20,7 @@ from tvm import relax, s_tir, tirx
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import dlight
 from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.script import tirx as T
 
 from test_integer_kernels import (
     _act_max_abs,
@@ -458,6 +459,38 @@ def test_fence_products_wraps_only_products_feeding_float_adds():
     assert "fp_fence" in str(fence_products(c - a * b))
     assert "fp_fence" not in str(fence_products(a * b * c))  # no add: nothing to contract
     assert "fp_fence" not in str(fence_products(i * j + i))  # integers are exact anyway
+
+
+@pytest.mark.parametrize("zp,dtype,lo,hi", [(0, "uint8", 0, 255), (201, "uint8", 0, 255), (37, "uint8", 12, 200),
+                                            (0, "int16", -32767, 32767), (-5, "int8", -128, 127)])
+def test_requantize_with_lrint_is_exact(zp, dtype, lo, hi):
+    """The templates' requantize rewrite (round, clip and cast as one lrint and integer clamps)
+    gives the default lowering's bits on inputs at every edge: ties, the clip bounds, values
+    beyond int32 both ways, infinities and NaN."""
+
+    @T.prim_func(s_tir=True)
+    def requantize(x: T.Buffer((64,), "float32"), y: T.Buffer((64,), dtype)):
+        for i in range(64):
+            with T.sblock("q"):
+                v = T.axis.remap("S", [i])
+                y[v] = T.Cast(dtype, T.max(T.min(T.nearbyint(x[v]) + T.float32(zp), T.float32(hi)), T.float32(lo)))
+
+    edges = [0.5, 1.5, 2.5, -0.5, -1.5, lo - zp - 0.5, lo - zp + 0.5, hi - zp - 0.5, hi - zp + 0.5, 3e9, -3e9,
+             1e30, -1e30, np.inf, -np.inf, np.nan, 2**31, -(2**31)]  # fmt: skip
+    rng = np.random.default_rng(zp + hi)
+    x = np.concatenate([edges, rng.uniform(lo - zp - 300, hi - zp + 300, 64 - len(edges))]).astype(np.float32)
+    target = host_target().target
+    sch = InlinedElementwise(LANES).apply(requantize, target, False)
+    assert sch is not None and "llvm.lrint" in sch.mod["main"].script()
+    outs = []
+    for f in (sch.mod["main"], requantize):  # rewritten and vectorized; the default lowering
+        lib = tvm.compile(tvm.IRModule({"main": f}), target=target)
+        y = tvm.runtime.tensor(np.zeros(64, dtype))
+        lib["main"](tvm.runtime.tensor(x), y)
+        outs.append(y.numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    finite = np.isfinite(x)
+    np.testing.assert_array_equal(outs[0][finite], np.clip(np.rint(x[finite]) + zp, lo, hi).astype(dtype))
 
 
 def test_elementwise_chain_is_inlined_and_exact():
