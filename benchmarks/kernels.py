@@ -48,7 +48,7 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from tvm_mpq.passes import integer_ops as iops  # noqa: E402
-from tvm_mpq.quant_math import pack_int4  # noqa: E402
+from tvm_mpq.quant_math import pack_int4, qrange  # noqa: E402
 from tvm_mpq.targets import host_target, pipeline, schedules  # noqa: E402
 from bench_util import set_threads  # noqa: E402
 
@@ -129,6 +129,7 @@ def build_kernel(kind, spec, dtype, rng):
     act = {"fp32": "float32", "int8": "uint8", "int4": "uint8", "int16": "int16"}[dtype]
     zp = 37 if act == "uint8" else 0
     bits = 4 if dtype == "int4" else 8  # "int4": packed int4 weights, uint8 activations
+    wlo, whi = qrange(bits, True)
 
     def weight_const(wq):
         """As realize.py stores it: int8, or int4 packed two per byte per output row."""
@@ -164,7 +165,7 @@ def build_kernel(kind, spec, dtype, rng):
                     wc = relax.const(rng.normal(size=wshape).astype("float32"))
                     acc = bb.emit(relax.op.nn.conv2d(x, wc, strides=[s, s], padding=pad, groups=g))
                 else:
-                    wq = rng.integers(-7 if bits == 4 else -127, 8 if bits == 4 else 128, size=wshape)
+                    wq = rng.integers(wlo, whi + 1, size=wshape)
                     attrs = type("A", (), {"padding": pad, "strides": [s, s], "dilation": [1, 1], "groups": g})
                     # as realize.py emits it: exact float32 sums where that runs faster (an RGB
                     # stem, depthwise convs: integer_ops.float_conv_pays), else integer
@@ -184,7 +185,7 @@ def build_kernel(kind, spec, dtype, rng):
                 if dtype == "fp32":
                     acc = bb.emit(relax.op.matmul(x, relax.const(rng.normal(size=(k, n)).astype("float32"))))
                 else:
-                    wq = rng.integers(-7 if bits == 4 else -127, 8 if bits == 4 else 128, size=(k, n))
+                    wq = rng.integers(wlo, whi + 1, size=(k, n))
                     wc = weight_const(wq.T) if bits == 4 else relax.const(wq.astype("int8"))
                     acc = iops.emit_dense(bb, x, wc, bits, k, n, "int32")
                     acc = iops.emit_zero_point_correction(bb, acc, zp, wq.sum(0), (n,), "int32")

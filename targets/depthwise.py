@@ -147,7 +147,7 @@ class DepthwiseConv(CPUScheduleRule):
         y_o, y_i = sch.split(y, [None, bf])
         x_o, x_i = sch.split(x, [None, vi])
         sch.reorder(c, y_o, x_o, ky, kx, y_i, x_i)
-        S._fence_block(sch, consumer)
+        S._prepare_epilogue(sch, consumer)
         sch.reverse_compute_at(consumer, x_o, preserve_unit_loops=False)
         sch.compute_at(stage, c, preserve_unit_loops=False)
         sch.parallel(c)

@@ -153,17 +153,24 @@ def _rewrite_block(sch: s_tir.Schedule, block_rv, fn) -> None:
     replace_stored_value(sch, block_rv, map_expr(store.value, fn))
 
 
-def _fence_block(sch: s_tir.Schedule, block_rv) -> None:
-    """Rewrite a single-store block so that no float product in it is contracted into an FMA, and
-    its requantizing round-clip-cast converts in one instruction (``_requantize_with_lrint``)."""
+def _prepare_epilogue(sch: s_tir.Schedule, block_rv) -> None:
+    """Rewrite a single-store epilogue block so that no float product in it is contracted into an
+    FMA, and its requantizing round-clip-cast converts in one instruction
+    (``_requantize_with_lrint``)."""
     store = sch.get(block_rv).body
-    if isinstance(store, tirx.BufferStore) and _contains(store.value, _fenceable):
+    if not isinstance(store, tirx.BufferStore):
+        return
+    if _contains(store.value, _fenceable):
         _rewrite_block(sch, block_rv, lambda e: fence_products(e) if _fenceable(e) else e)
-    if isinstance(store, tirx.BufferStore):
+    if _contains(store.value, _is_nearbyint):
         _rewrite_block(sch, block_rv, _requantize_with_lrint)
 
 
 _NEARBYINT = tvm.ir.Op.get("tirx.nearbyint")
+
+
+def _is_nearbyint(e) -> bool:
+    return isinstance(e, tvm.ir.expr.Call) and e.op.same_as(_NEARBYINT)
 
 
 def _integral_const(e, dtype: str) -> int | None:
@@ -192,10 +199,12 @@ def _requantize_with_lrint(e):
         lo, hi, rounded = clamp.a.b, clamp.b, clamp.a.a
     else:
         return e
-    zp = 0
-    if isinstance(rounded, tirx.Add) and _integral_const(rounded.b, "int16") is not None:
-        zp, rounded = _integral_const(rounded.b, "int16"), rounded.a
-    if not (isinstance(rounded, tvm.ir.expr.Call) and rounded.op.same_as(_NEARBYINT)):
+    zp = _integral_const(rounded.b, "int16") if isinstance(rounded, tirx.Add) else None
+    if zp is None:
+        zp = 0
+    else:
+        rounded = rounded.a
+    if not _is_nearbyint(rounded):
         return e
     x = rounded.args[0]
     lo_i, hi_i = _integral_const(lo, str(e.ty)), _integral_const(hi, str(e.ty))
@@ -663,7 +672,7 @@ class TiledReduction(CPUScheduleRule):
 
         if consumer is not None:
             try:
-                _fence_block(sch, consumer)
+                _prepare_epilogue(sch, consumer)
                 sch.reverse_compute_at(consumer, outer[-1], preserve_unit_loops=False)
             except Exception:  # noqa: BLE001 - not computable at the tile: schedule it apart
                 if v != ns - 1:
@@ -896,7 +905,7 @@ class TiledReduction(CPUScheduleRule):
                 inner = [pair_step] + inner
             reduction.append(pair_loop)
         sch.reorder(*outer, *reduction, *inner, v8, t)
-        _fence_block(sch, consumer)
+        _prepare_epilogue(sch, consumer)
         sch.reverse_compute_at(consumer, outer[-1], preserve_unit_loops=False)
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
         for l in inner:
@@ -1229,7 +1238,7 @@ class InlinedElementwise(CPUScheduleRule):
         try:
             left = _inline_chain(sch, [b.block_rv for b in infos])
             for b in left:
-                _fence_block(sch, b)
+                _prepare_epilogue(sch, b)
                 _schedule_elementwise(sch, b, self.vector_lanes)
         except Exception:  # noqa: BLE001
             return None

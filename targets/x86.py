@@ -102,11 +102,16 @@ def _vpdpwssd(A, B, C):
     )
 
 
-def _vpdpbusd(A, B, C):
-    """Its first multiplicand is the unsigned one: the vector or the broadcast operand."""
+def _unsigned_signed(A, B):
+    """A byte-quad step's two 32-byte operands, the unsigned one first (the vector operand or the
+    broadcast one): the order vpdpbusd and vpmaddubsw take them in."""
     vector = A.vload([0, 0], dtype=f"{A.dtype}x32")
     bcast = _broadcast_group(B, f"{B.dtype}x32")
-    u, s = (vector, bcast) if str(A.dtype) == "uint8" else (bcast, vector)
+    return (vector, bcast) if str(A.dtype) == "uint8" else (bcast, vector)
+
+
+def _vpdpbusd(A, B, C):
+    u, s = _unsigned_signed(A, B)
     return T.call_llvm_pure_intrin(
         T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"), C.vload([0], dtype="int32x8"), u, s,
         dtype="int32x8",
@@ -115,9 +120,7 @@ def _vpdpbusd(A, B, C):
 
 def _pmaddubsw(A, B, C):
     """vpmaddubsw + vpmaddwd by ones + vpaddd: exact only under the int16 bound (module docstring)."""
-    vector = A.vload([0, 0], dtype=f"{A.dtype}x32")
-    bcast = _broadcast_group(B, f"{B.dtype}x32")
-    u, s = (vector, bcast) if str(A.dtype) == "uint8" else (bcast, vector)
+    u, s = _unsigned_signed(A, B)
     pair_sums = T.call_llvm_pure_intrin(
         T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), u, s, dtype="int16x16"
     )
