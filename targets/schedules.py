@@ -739,6 +739,18 @@ class TiledReduction(CPUScheduleRule):
                     pass
             producers.append(b.block_rv)
         epilogue = _inline_chain(sch, [b.block_rv for b in infos[ridx + 1 :]])
+        consumer = epilogue[0] if len(epilogue) == 1 else None
+        if not epilogue:
+            consumer = sch.cache_write(rblock, 0, "global")
+        if consumer is None:
+            return False
+        if _merge_pixel_rows(sch, rblock, consumer, producers, DOT_LANES):
+            rinfo = _block_info(sch, rblock)
+            axes = self._axes(sch, rinfo)
+            if axes is None:
+                return False
+            ns, ext, svars, out_idx, out_dim = axes
+            iters = rinfo.iters
         block = sch.get(rblock)
 
         # The body must be  C = C + int32(L1) * int32(L2)  over two integer operands of <= 16 bits.
@@ -817,11 +829,6 @@ class TiledReduction(CPUScheduleRule):
             return False
         dv = vdims[0]
 
-        consumer = epilogue[0] if len(epilogue) == 1 else None
-        if not epilogue:
-            consumer = sch.cache_write(rblock, 0, "global")
-        if consumer is None:
-            return False
         if v != ns - 1:
             perm = [d for d in range(len(out_idx)) if d != out_dim[v]] + [out_dim[v]]
             sch.transform_layout(rblock, ("write", 0), _permute(perm))
@@ -1045,6 +1052,105 @@ def _value_range(sch: s_tir.Schedule, buf, producers) -> tuple[int, int]:
             return int(bound.min_value), int(bound.max_value)
     info = np.iinfo(str(buf.dtype))
     return int(info.min), int(info.max)
+
+
+def _block_info(sch: s_tir.Schedule, block_rv):
+    """dlight's SBlockInfo of a block as it is now (after a transform_block_layout)."""
+    from tvm.s_tir.dlight.analysis.common_analysis import IterInfo, SBlockInfo
+
+    blk = sch.get(block_rv)
+    loops = sch.get_loops(block_rv)
+    kinds = {tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}
+    iters = [
+        IterInfo(kinds.get(int(iv.iter_type), "O"), iv.var, iv.dom.extent, loops[i] if i < len(loops) else None)
+        for i, iv in enumerate(blk.iter_vars)
+    ]  # fmt: skip
+    return SBlockInfo(blk.name_hint, iters, block_rv, reduction_block="R" in "".join(i.kind for i in iters))
+
+
+def _merge_pixel_rows(sch: s_tir.Schedule, rblock, consumer, producers: list, lanes: int) -> bool:
+    """Iterate a pointwise conv over the pixels of a plane instead of rows x columns where rows
+    are too short for whole vectors but the plane is not (28 x 28): the tiles then vectorize
+    over pixels and the epilogue stores whole vectors -- vectorized over output channels, in
+    NCHW, it stores every output byte by itself (MobileNetV2's 192->32 @28 int8, one thread:
+    0.106 -> 0.083 ms, ``benchmarks/kernels.py --no-e2e --threads 1 --dtypes int8 --only
+    192->32``). Applies where every operand the output rows and columns index reads them
+    plainly, in two adjacent full dimensions (1x1 stride-1 convs without padding): the reduction
+    and the epilogue then iterate over the merged axis, the accumulator is laid out over it, and
+    each such operand is read through a copy laid out over it (the pair path copies activations
+    anyway); the epilogue's other plane-shaped operands (a residual) keep their layout, read at
+    [p // W, p % W], which the lowering folds back to p. Planes that hold no whole number of
+    vectors (14 x 14) are not merged: padded to whole vectors (``pad_einsum``, tried) they were
+    no faster than the channel tiles in kernels.py. Returns whether it merged."""
+    blk = sch.get(rblock)
+    ivs = list(blk.iter_vars)
+    kinds = [int(iv.iter_type) for iv in ivs]
+    ns = next((i for i, k in enumerate(kinds) if k != tirx.IterVar.DataPar), len(ivs))
+    if ns < 2 or any(k == tirx.IterVar.DataPar for k in kinds[ns:]):
+        return False
+    eh, ew = _int(ivs[ns - 2].dom.extent), _int(ivs[ns - 1].dom.extent)
+    if eh is None or ew is None or eh < 2 or ew % lanes == 0 or (eh * ew) % lanes:
+        return False
+    hv, wv = ivs[ns - 2].var, ivs[ns - 1].var
+
+    def row_dim(region, buf, h, w):
+        """The dimension d of an access that reads rows h, columns w plainly at (d, d + 1);
+        -1 where it reads neither; None where it reads them any other way."""
+        idx = [r.min for r in region]
+        dims = [d for d, e in enumerate(idx) if any(x in _vars(e) for x in (h, w))]
+        if not dims:
+            return -1
+        d = dims[0]
+        ok = (
+            dims == [d, d + 1] and idx[d].same_as(h) and idx[d + 1].same_as(w)
+            and _int(buf.shape[d]) == eh and _int(buf.shape[d + 1]) == ew
+        )  # fmt: skip
+        return d if ok else None
+
+    acc = blk.writes[0].source
+    if row_dim(blk.writes[0].region, acc, hv, wv) in (None, -1):
+        return False
+    operands = []
+    for r in blk.reads:
+        d = row_dim(r.region, r.source, hv, wv)
+        if d is None:
+            return False
+        if d >= 0 and not r.source.same_as(acc):
+            operands.append((r.source, d))
+    # the consumer: writes its output and reads the accumulator by two adjacent iterators
+    cblk = sch.get(consumer)
+    civs = list(cblk.iter_vars)
+    cvars = [iv.var for iv in civs]
+    cread = next((r for r in cblk.reads if r.source.same_as(acc)), None)
+    if cread is None:
+        return False
+    ad = row_dim(blk.writes[0].region, acc, hv, wv)
+    ch, cw = cread.region[ad].min, cread.region[ad + 1].min
+    pos = [next((j for j, x in enumerate(cvars) if x.same_as(e)), None) for e in (ch, cw)]
+    if None in pos or pos[1] != pos[0] + 1:
+        return False
+    for r in cblk.reads + cblk.writes:
+        if row_dim(r.region, r.source, cvars[pos[0]], cvars[pos[1]]) is None:
+            return False
+
+    def merged(k):  # iterators / dimensions (k, k + 1) -> one
+        return lambda *a: (*a[:k], a[k] * ew + a[k + 1], *a[k + 2 :])
+
+    _transform_block_layout(sch, rblock, merged(ns - 2))
+    _transform_block_layout(sch, consumer, merged(pos[0]))
+    sch.transform_layout(rblock, ("write", 0), merged(ad))
+    for buf, d in operands:
+        stage = next((p for p in producers if sch.get(p).writes[0].source.same_as(buf)), None)
+        if stage is None:
+            i = next(j for j, r in enumerate(sch.get(rblock).reads) if r.source.same_as(buf))
+            stage = sch.cache_read(rblock, i, "global")
+            producers.append(stage)
+        sch.transform_layout(stage, ("write", 0), merged(d))
+        try:
+            _transform_block_layout(sch, stage, merged(d))  # iterate in the stage's order
+        except Exception:  # noqa: BLE001
+            pass
+    return True
 
 
 def _has_avx2(target) -> bool:

@@ -142,6 +142,8 @@ PAIR_CONV_CASES = [
     ("pairs_pixels_row_block_3x3", (1, 8, 6, 8), 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     # 16 output pixels per row, read at stride 2: vectors over the 16 channels instead
     ("pairs_strided_pixels_to_channels", (1, 4, 9, 32), 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    # rows of 6 pixels, a plane of 24: a 1x1 conv iterates over the plane's pixels (merged rows)
+    ("pairs_merged_plane_1x1", (1, 18, 4, 6), 16, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
 ]
 
 
@@ -182,6 +184,64 @@ def test_conv2d_templates_bit_exact(bits, act):
     _assert_templated(mod, len(cases))
     if bits == 16 and act_dtype == "int16":
         assert {p[2] for p in prepared} == {"int64"}  # int64 accumulators, in every tiling
+
+
+def _merged_pixel_axes(func: tirx.PrimFunc) -> list[int]:
+    """Extents of the spatial axes of the blocks of the scheduled ``func``."""
+    sch = TiledReduction(LANES).apply(func, host_target().target, False)
+    assert sch is not None, f"fell back: {func.ty}"
+    extents = []
+
+    def visit(node):
+        if isinstance(node, s_tir.SBlock):
+            extents.extend(int(iv.dom.extent) for iv in node.iter_vars if int(iv.iter_type) == tirx.IterVar.DataPar)
+        for child in [getattr(node, a, None) for a in ("body", "block", "then_case", "else_case")]:
+            if child is not None:
+                visit(child)
+        for child in getattr(node, "seq", None) or []:
+            visit(child)
+
+    visit(sch.mod["main"].body)
+    return extents
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_pointwise_conv_on_short_rows_merges_the_plane(bits):
+    """A 1x1 conv whose rows (6 pixels) hold no whole vector but whose plane (24) does iterates
+    over the plane's pixels -- the epilogue then stores whole vectors instead of single bytes --
+    with an epilogue that also reads a plane-shaped operand (a residual); a plane of 7 x 7 is
+    left to the channel tiles. Exact against numpy."""
+    rng = np.random.default_rng(7 + bits)
+    cases = [((1, 18, 4, 6), 16, True), ((1, 18, 7, 7), 16, False)]
+    params, inputs, refs, kernels = [], [], [], []
+    for j, (xshape, o, merges) in enumerate(cases):
+        x = _rand_act(rng, xshape, "uint8")
+        w = _rand_weight(rng, (o, xshape[1], 1, 1), bits)
+        res = rng.integers(-(2**20), 2**20, (1, o, *xshape[2:]), dtype=np.int32)
+        params += [_tensor_var(f"xq{j}", x.shape, "uint8"), _tensor_var(f"res{j}", res.shape, "int32")]
+        inputs += [x, res]
+        refs.append(ref_conv2d(x, w, 37, (1, 1), (0, 0, 0, 0), (1, 1), 1) + res)
+        kernels.append((w, merges))
+    attrs = _conv_attrs((1, 1), (0, 0, 0, 0), (1, 1), 1, "relax")
+
+    def body(bb):
+        outs = []
+        for j, (w, _) in enumerate(kernels):
+            y = iops.emit_conv2d(bb, params[2 * j], _weight_const(w, bits), attrs, 37, bits, w.shape, "int32")
+            y = iops.emit_zero_point_correction(bb, y, 37, w.reshape(w.shape[0], -1).sum(1), (1, w.shape[0], 1, 1), "int32")
+            outs.append(bb.emit(relax.op.add(y, params[2 * j + 1])))
+        return outs
+
+    got, mod = _build_run(params, body, inputs)
+    for g, ref, (xshape, o, _) in zip(got, refs, cases):
+        _assert_exact(g, ref, "int32", f"1x1 conv {xshape} -> {o} + residual, w{bits}")
+    funcs = {
+        tuple(int(d) for d in f.ty.params[0].shape): f for f in _fused_primfuncs(mod) if _has_reduction(f)
+    }  # fmt: skip
+    assert set(funcs) == {xshape for xshape, _, _ in cases}
+    for xshape, _, merges in cases:
+        axes = _merged_pixel_axes(funcs[xshape])
+        assert (xshape[2] * xshape[3] in axes) == merges, (xshape, axes)
 
 
 def test_pair_tiles_block_vector_rows_where_vectors_are_short():
