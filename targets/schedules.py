@@ -19,8 +19,10 @@ batched matmul, float or integer, with their fused epilogues:
   the vector operand does not depend on), accumulated over the whole reduction in registers. The
   vector axis is the innermost output axis (pixels, columns); where rows are too short for whole
   vectors (7, 14, 28 pixels) it is the output channels instead, with the weights and the
-  accumulator transposed. Depthwise convs, which have no block axis, block output rows. A small
-  cost model (``_tile``) picks the tile;
+  accumulator transposed -- except on the pair path for pointwise convs whose whole plane holds
+  whole vectors (28 x 28), which iterate over the plane's pixels (``_merge_pixel_rows``).
+  Depthwise convs, which have no block axis, block output rows. A small cost model (``_tile``)
+  picks the tile;
 - operands read along the vector axis in another dimension, or with a stride (stride-2 convs),
   are copied into a contiguous layout first; copies of weights are marked as layout rewrites, and
   the pipeline (``SplitLayoutRewritePreproc`` + ``FoldConstant``) does them at compile time;
