@@ -43,6 +43,7 @@ CONV_CASES = [
     ("quads_channels_3x3_w9", (1, 12, 4, 9), 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     ("quads_channels_deep_w14", (1, 40, 3, 14), 48, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     ("quads_channels_odd_quads", (1, 20, 2, 7), 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("quads_merged_plane_1x1", (1, 20, 4, 6), 16, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 24-pixel plane
     ("pairs_pixels_1x1", (1, 14, 3, 16), 13, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     ("pairs_channels_rect", (1, 22, 3, 5), 16, (1, 3), (1, 1), (0, 1, 0, 1), (1, 1), 1),
     # neither pairs nor quads (TiledReduction's regular path): strided pixels, grouped
