@@ -129,7 +129,9 @@ def build_kernel(kind, spec, dtype, rng):
     """A Relax module with one kernel and its realized-style epilogue, and its inputs."""
     bb = relax.BlockBuilder()
     act = {"fp32": "float32", "int8": "uint8", "int4": "uint8", "int16": "int16"}[dtype]
-    zp = 37 if act == "uint8" else 0
+    # conv inputs as in the models' convs that pad (post-ReLU: zero point 0, padded inside the
+    # conv kernel); matmul inputs with a zero point (its correction term in the epilogue)
+    zp = (0 if kind == "conv" else 37) if act == "uint8" else 0
     bits = 4 if dtype == "int4" else 8  # "int4": packed int4 weights, uint8 activations
     wlo, whi = qrange(bits, True)
 

@@ -988,8 +988,12 @@ class TiledReduction(CPUScheduleRule):
             sch.unsafe_set_dtype(stage, 0, "int16")
         try:
             _transform_block_layout(sch, stage, index_map)  # iterate in the destination's order
-        except Exception:  # noqa: BLE001 - e.g. a pad whose domain is not the buffer's
-            pass
+        except Exception:  # noqa: BLE001 - a block without the buffer's unit dimensions (a pad)
+            # then at least in the destination's loop order: a conv's pad iterated channel by
+            # channel stored its pairs one by one, 128 bytes apart -- a fifth of ResNet-18's
+            # stride-2 3x3 conv (kernels.py, activations with zero point 0 padded inside the conv:
+            # 64->128 @56 s2 int8 0.99 -> 0.84 ms, 256->256 @14 1.80 -> 1.60, one thread)
+            _loops_in_write_order(sch, stage, group)
         return stage
 
     @staticmethod
@@ -1208,6 +1212,30 @@ def _transform_block_layout(sch, block_rv, index_map) -> None:
     """``transform_block_layout`` with a variadic Python index map (TVM needs its arity)."""
     ndim = len(sch.get(block_rv).iter_vars)
     sch.transform_block_layout(block_rv, tirx.IndexMap.from_func(index_map, ndim=ndim))
+
+
+def _loops_in_write_order(sch, block_rv, group: int) -> None:
+    """Reorder a stage's loops (trivially bound, one per iterator) so that it iterates in the
+    order of the dimensions it writes, the iterator of the innermost dimension split by ``group``
+    last -- [..., r // g, (v,) r % g]: each iterator goes where it first indexes the destination."""
+    blk = sch.get(block_rv)
+    loops = sch.get_loops(block_rv)
+    if len(loops) != len(blk.iter_vars):
+        return
+    idx = [r.min for r in blk.writes[0].region]
+    first = []
+    for iv in blk.iter_vars:
+        dims = [d for d, e in enumerate(idx) if iv.var in _vars(e)]
+        if not dims:
+            return
+        first.append(dims[0])
+    order = sorted(range(len(loops)), key=lambda i: first[i])
+    inner = order[-1]
+    ext = _int(sch.get(loops[inner]).extent)
+    if ext is None or ext % group:
+        return
+    sch.reorder(*[loops[i] for i in order])
+    sch.split(loops[inner], [None, group])
 
 
 def _schedule_destride(sch, block_rv) -> None:

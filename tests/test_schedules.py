@@ -34,6 +34,7 @@ from test_integer_kernels import (
     _tensor_var,
     _weight_const,
     int4_conv_and_dense_module,
+    main_module,
     ref_conv2d,
     ref_matmul,
 )
@@ -148,7 +149,8 @@ PAIR_CONV_CASES = [
 
 
 @pytest.mark.parametrize(
-    "bits,act", [(8, ("uint8", 37)), (8, ("int16", 0)), (16, ("uint8", 201)), (4, ("uint8", 37)), (16, ("int16", 0))]
+    "bits,act",
+    [(8, ("uint8", 37)), (8, ("uint8", 0)), (8, ("int16", 0)), (16, ("uint8", 201)), (4, ("uint8", 37)), (16, ("int16", 0))],
 )
 def test_conv2d_vpmaddwd_path_bit_exact(bits, act):
     """... int4 weights (unpacked into the pair layout at compile time) and w16a16 (int64
@@ -242,6 +244,25 @@ def test_pointwise_conv_on_short_rows_merges_the_plane(bits):
     for xshape, _, merges in cases:
         axes = _merged_pixel_axes(funcs[xshape])
         assert (xshape[2] * xshape[3] in axes) == merges, (xshape, axes)
+
+
+def test_pad_inside_the_conv_is_staged_in_its_destination_order():
+    """A zero-point-0 conv pads inside its kernel; the pad becomes the activation's pair stage,
+    whose block lacks the batch dimension of its buffer: it is still iterated in the order of
+    the pair layout it writes -- channel pairs innermost, not channel by channel with every store
+    128 bytes from the last."""
+    rng = np.random.default_rng(11)
+    x = _rand_act(rng, (1, 64, 9, 10), "uint8")
+    w = _rand_weight(rng, (16, 64, 3, 3), 8)
+    params, _, body = _conv_module([("pad", x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)], 8, "uint8", 0)
+    (f,) = [f for f in _fused_primfuncs(main_module(params, body)) if _has_reduction(f)]
+    sch = TiledReduction(LANES).apply(f, host_target().target, False)
+    assert sch is not None
+    pad = next(b for b in sch.get_child_blocks(sch.get_sblock("root")) if "pad" in sch.get(b).name_hint)
+    extents = [int(sch.get(l).extent) for l in sch.get_loops(pad)]
+    written = [int(d) for d in sch.get(pad).writes[0].source.shape]
+    assert written[-2:] == [32, 2], written  # [..., h, w, channel pair, 2]
+    assert extents[-2:] == [32, 2], extents  # and iterated so: pairs innermost
 
 
 def test_pair_tiles_block_vector_rows_where_vectors_are_short():
