@@ -856,19 +856,24 @@ class TiledReduction(CPUScheduleRule):
         # contiguously (strided by all output channels, a cold 4.7 MB 512->512 3x3 int8 weight
         # came from DRAM at the latency of each line).
         # The row operand (broadcast), where it reads the block axis plainly (no kernel window),
-        # is blocked by the tile's rows, [..., b // bf, r // 2, b % bf, r % 2]: one step of a
-        # tile then reads its bf broadcasts from one place, not from bf pixels' own streams --
-        # on 7-pixel tiles of 7x7 pointwise convs (one thread, int8: 960->320 0.239 -> 0.216 ms,
-        # 320->1280 0.318 -> 0.306; 2-pixel tiles of 14x14 ones lost: 576->96 0.200 -> 0.222,
-        # ``benchmarks/kernels.py --no-e2e --threads 1 --dtypes int8 --only mnv2.pw``)
+        # has its pairs outside that axis: one step of a tile then reads its bf broadcasts from
+        # one place, not from bf pixels' own streams. Tiles of >= 4 rows block it by the tile,
+        # [..., b // bf, r // 2, b % bf, r % 2] (7-pixel tiles of 7x7 pointwise convs, one thread,
+        # int8: 960->320 0.239 -> 0.216 ms, 320->1280 0.318 -> 0.306); shorter ones keep whole
+        # rows, [..., r // 2, b, r % 2] -- an interleave of channel planes, the cheapest copy of
+        # an NCHW activation (2-pixel tiles of 14x14 ones: 576->96 int8 0.198 -> 0.184, int4
+        # 0.155 -> 0.135, blocked by 2 they lost: 0.200 -> 0.222) -- ``benchmarks/kernels.py
+        # --no-e2e --threads 1 --dtypes int8,int4 --only mnv2.pw``. Under a kernel window 3x3
+        # convs keep pixel-major pairs (whole rows lost 3% there).
         bdims = [d for d, vs in enumerate(idx_vars[kb]) if svars[b] in vs] if b is not None else []
-        bdim = None
-        if len(bdims) == 1 and loads[kb].indices[bdims[0]].same_as(svars[b]) and bf >= 4 and ext[b] % bf == 0:
-            bdim = bdims[0]
+        row_layout = None
+        if len(bdims) == 1 and loads[kb].indices[bdims[0]].same_as(svars[b]):
+            row_layout = (bdims[0], bf if bf >= 4 and ext[b] % bf == 0 else None)
         stage_bufs, stages = [], []
         for k, vdim in ((kv, dv), (kb, None)):
-            row_block = (bdim, bf) if k == kb and bdim is not None else None
-            stage = self._pair_stage(sch, rblock, loads[k].source, dr[k], vdim, producers, vi, group, row_block)
+            stage = self._pair_stage(
+                sch, rblock, loads[k].source, dr[k], vdim, producers, vi, group, row_layout if k == kb else None
+            )
             stages.append(stage)
             stage_bufs.append(sch.get(stage).writes[0].source)
         if not quads:
@@ -946,11 +951,11 @@ class TiledReduction(CPUScheduleRule):
         return True
 
     @staticmethod
-    def _pair_stage(sch, rblock, buf, dr: int, dv, producers, block: int, group: int = 2, row_block=None):
+    def _pair_stage(sch, rblock, buf, dr: int, dv, producers, block: int, group: int = 2, row_layout=None):
         """The block that writes operand ``buf`` as int16 in the layout [..., r//2, (v,) r%2]
-        (a weight with a vector axis: [v//block, ..., r//2, v%block, r%2]; ``row_block`` (d, n):
-        [..., d//n, r//2, d%n, r%2]; ``group`` 4: byte quads, r//4 and r%4, in the operand's own
-        dtype): its producer in this function if it
+        (a weight with a vector axis: [v//block, ..., r//2, v%block, r%2]; ``row_layout`` (d, n):
+        [..., d//n, r//2, d%n, r%2], with n None [..., r//2, d, r%2]; ``group`` 4: byte quads,
+        r//4 and r%4, in the operand's own dtype): its producer in this function if it
         has one (a pad, a centering cast), else a copy (of a weight: done at compile time by the
         layout-rewrite passes)."""
         ndim = len(buf.shape)
@@ -966,9 +971,11 @@ class TiledReduction(CPUScheduleRule):
         blocked = dv is not None and (_layout_free(sch, buf) or weight_stage) and _int(buf.shape[dv]) % block == 0
 
         def index_map(*d):
-            if row_block is not None:
-                bd, n = row_block
+            if row_layout is not None:
+                bd, n = row_layout
                 rest = [d[i] for i in range(ndim) if i not in (dr, bd)]
+                if n is None:
+                    return (*rest, d[dr] // group, d[bd], d[dr] % group)
                 return (*rest, d[bd] // n, d[dr] // group, d[bd] % n, d[dr] % group)
             rest = [d[i] for i in range(ndim) if i not in (dr, dv)]
             if blocked:

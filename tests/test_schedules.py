@@ -143,6 +143,10 @@ PAIR_CONV_CASES = [
     ("pairs_pixels_row_block_3x3", (1, 8, 6, 8), 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     # 16 output pixels per row, read at stride 2: vectors over the 16 channels instead
     ("pairs_strided_pixels_to_channels", (1, 4, 9, 32), 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    # 1x1 on rows of 14 / 10 pixels: channel tiles of 2 x 32 whose row operand keeps whole rows
+    # ([h, pair, w, 2]), of 5 x 8 with it blocked by the tile's rows
+    ("pairs_channels_1x1_w14", (1, 30, 3, 14), 64, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("pairs_channels_1x1_w10", (1, 22, 2, 10), 24, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     # rows of 6 pixels, a plane of 24: a 1x1 conv iterates over the plane's pixels (merged rows)
     ("pairs_merged_plane_1x1", (1, 18, 4, 6), 16, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
 ]
