@@ -70,6 +70,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.analysis.common_analysis import IterInfo, SBlockInfo
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.sym import Analyzer
 from tvm.tirx.analysis import undefined_vars
@@ -1085,8 +1086,6 @@ def _value_range(sch: s_tir.Schedule, buf, producers) -> tuple[int, int]:
 
 def _block_info(sch: s_tir.Schedule, block_rv):
     """dlight's SBlockInfo of a block as it is now (after a transform_block_layout)."""
-    from tvm.s_tir.dlight.analysis.common_analysis import IterInfo, SBlockInfo
-
     blk = sch.get(block_rv)
     loops = sch.get_loops(block_rv)
     kinds = {tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}
@@ -1148,8 +1147,7 @@ def _merge_pixel_rows(sch: s_tir.Schedule, rblock, consumer, producers: list, la
             operands.append((r.source, d))
     # the consumer: writes its output and reads the accumulator by two adjacent iterators
     cblk = sch.get(consumer)
-    civs = list(cblk.iter_vars)
-    cvars = [iv.var for iv in civs]
+    cvars = [iv.var for iv in cblk.iter_vars]
     cread = next((r for r in cblk.reads if r.source.same_as(acc)), None)
     if cread is None:
         return False
@@ -1236,13 +1234,12 @@ def _loops_in_write_order(sch, block_rv, group: int) -> None:
         if not dims:
             return
         first.append(dims[0])
-    order = sorted(range(len(loops)), key=lambda i: first[i])
-    inner = order[-1]
-    ext = _int(sch.get(loops[inner]).extent)
-    if ext is None or ext % group:
+    inner = [i for i, iv in enumerate(blk.iter_vars) if iv.var in _vars(idx[-1])]
+    if len(inner) != 1 or (_int(sch.get(loops[inner[0]]).extent) or 1) % group:
         return
+    order = sorted((i for i in range(len(loops)) if i != inner[0]), key=lambda i: first[i]) + inner
     sch.reorder(*[loops[i] for i in order])
-    sch.split(loops[inner], [None, group])
+    sch.split(loops[inner[0]], [None, group])
 
 
 def _schedule_destride(sch, block_rv) -> None:
