@@ -863,9 +863,9 @@ class TiledReduction(CPUScheduleRule):
         # int8: 960->320 0.239 -> 0.216 ms, 320->1280 0.318 -> 0.306); shorter ones keep whole
         # rows, [..., r // 2, b, r % 2] -- an interleave of channel planes, the cheapest copy of
         # an NCHW activation (2-pixel tiles of 14x14 ones: 576->96 int8 0.198 -> 0.184, int4
-        # 0.155 -> 0.135, blocked by 2 they lost: 0.200 -> 0.222) -- ``benchmarks/kernels.py
-        # --no-e2e --threads 1 --dtypes int8,int4 --only mnv2.pw``. Under a kernel window 3x3
-        # convs keep pixel-major pairs (whole rows lost 3% there).
+        # 0.155 -> 0.135; blocked by 2 they were slower) -- ``benchmarks/kernels.py --no-e2e
+        # --threads 1 --dtypes int8,int4 --only mnv2.pw``. Under a kernel window 3x3 convs keep
+        # pixel-major pairs (whole rows were slower there, tried).
         bdims = [d for d, vs in enumerate(idx_vars[kb]) if svars[b] in vs] if b is not None else []
         row_layout = None
         if len(bdims) == 1 and loads[kb].indices[bdims[0]].same_as(svars[b]):
