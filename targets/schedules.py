@@ -192,7 +192,7 @@ def _requantize_with_lrint(e):
     catches what falls below (x86: 0x80000000) -- but LLVM then converts with one ``vcvtps2dq``
     where the float clamp cost a round, a compare, a mask and a truncating convert per vector
     (MobileNetV2's 16->96 @112 int8 conv, one thread: 0.63 -> 0.56 ms, ``benchmarks/kernels.py
-    --no-e2e --threads 1 --dtypes int8 --only "16->96"``)."""
+    --no-e2e --threads 1 --dtypes int8 --conv-zero-point 37 --only "16->96"``)."""
     if not isinstance(e, tirx.Cast) or not str(e.ty).startswith(("int", "uint")) or _dtype_bits(e.ty) > 16:
         return e  # quantized activations: 8 / 16 bits (the clamp then stays far inside int32)
     clamp = e.value
@@ -463,7 +463,7 @@ class TiledReduction(CPUScheduleRule):
         each broadcast -- on 56-pixel rows, where vectors cannot be longer than 8 without ragged
         tiles, 2 rows x 4 channels x 8 pixels beat 8 x 8 (3x3 int8 64->64 @56, one thread: 1.82 ->
         1.66 ms, ``TVM_MPQ_TILE=8,8`` for the old tile in ``benchmarks/kernels.py --no-e2e
-        --threads 1 --dtypes int8 --only "r18.3x3 64->64"``).
+        --threads 1 --dtypes int8 --conv-zero-point 37 --only "r18.3x3 64->64"``).
 
         ``TVM_MPQ_TILE=bf,vi[,rows]`` overrides the choice for every kernel (to reproduce the tile
         comparisons quoted below, e.g. ``TVM_MPQ_TILE=4,16 .venv/bin/python benchmarks/kernels.py
@@ -860,12 +860,12 @@ class TiledReduction(CPUScheduleRule):
         # has its pairs outside that axis: one step of a tile then reads its bf broadcasts from
         # one place, not from bf pixels' own streams. Tiles of >= 4 rows block it by the tile,
         # [..., b // bf, r // 2, b % bf, r % 2] (7-pixel tiles of 7x7 pointwise convs, one thread,
-        # int8: 960->320 0.239 -> 0.216 ms, 320->1280 0.318 -> 0.306); shorter ones keep whole
-        # rows, [..., r // 2, b, r % 2] -- an interleave of channel planes, the cheapest copy of
-        # an NCHW activation (2-pixel tiles of 14x14 ones: 576->96 int8 0.198 -> 0.184, int4
-        # 0.155 -> 0.135; blocked by 2 they were slower) -- ``benchmarks/kernels.py --no-e2e
-        # --threads 1 --dtypes int8,int4 --only mnv2.pw``. Under a kernel window 3x3 convs keep
-        # pixel-major pairs (whole rows were slower there, tried).
+        # int8, ``--conv-zero-point 37``: 960->320 0.239 -> 0.216 ms, 320->1280 0.318 -> 0.306);
+        # shorter ones keep whole rows, [..., r // 2, b, r % 2] -- an interleave of channel
+        # planes, the cheapest copy of an NCHW activation (2-pixel tiles of 14x14 ones: 576->96
+        # int8 0.198 -> 0.184, int4 0.155 -> 0.135; blocked by 2 they were slower) --
+        # ``benchmarks/kernels.py --no-e2e --threads 1 --dtypes int8,int4 --only mnv2.pw``. Under
+        # a kernel window 3x3 convs keep pixel-major pairs (whole rows were slower there, tried).
         bdims = [d for d, vs in enumerate(idx_vars[kb]) if svars[b] in vs] if b is not None else []
         row_layout = None
         if len(bdims) == 1 and loads[kb].indices[bdims[0]].same_as(svars[b]):
@@ -998,9 +998,9 @@ class TiledReduction(CPUScheduleRule):
             _transform_block_layout(sch, stage, index_map)  # iterate in the destination's order
         except Exception:  # noqa: BLE001 - a block without the buffer's unit dimensions (a pad)
             # then at least in the destination's loop order: a conv's pad iterated channel by
-            # channel stored its pairs one by one, 128 bytes apart -- a fifth of ResNet-18's
-            # stride-2 3x3 conv (kernels.py, activations with zero point 0 padded inside the conv:
-            # 64->128 @56 s2 int8 0.99 -> 0.84 ms, 256->256 @14 1.80 -> 1.60, one thread)
+            # channel stored its pairs one by one, 128 bytes apart (kernels.py, whose conv inputs
+            # pad inside the conv like the models' post-ReLU ones, one thread: 64->128 @56 s2
+            # int8 0.99 -> 0.84 ms, 256->256 @14 1.80 -> 1.60)
             _loops_in_write_order(sch, stage, group)
         return stage
 
@@ -1101,8 +1101,8 @@ def _merge_pixel_rows(sch: s_tir.Schedule, rblock, consumer, producers: list, la
     are too short for whole vectors but the plane is not (28 x 28): the tiles then vectorize
     over pixels and the epilogue stores whole vectors -- vectorized over output channels, in
     NCHW, it stores every output byte by itself (MobileNetV2's 192->32 @28 int8, one thread:
-    0.106 -> 0.083 ms, ``benchmarks/kernels.py --no-e2e --threads 1 --dtypes int8 --only
-    192->32``). Applies where every operand the output rows and columns index reads them
+    0.106 -> 0.083 ms, ``benchmarks/kernels.py --no-e2e --threads 1 --dtypes int8
+    --conv-zero-point 37 --only 192->32``). Applies where every operand the output rows and columns index reads them
     plainly, in two adjacent full dimensions (1x1 stride-1 convs without padding): the reduction
     and the epilogue then iterate over the merged axis, the accumulator is laid out over it, and
     each such operand is read through a copy laid out over it (the pair path copies activations

@@ -35,6 +35,7 @@ import tvm_mpq  # noqa: E402
 from tvm_mpq.calibration import sqnr_db  # noqa: E402
 from tvm_mpq.latency import (  # noqa: E402
     LatencyCache,
+    code_digest_text,
     LocalDevice,
     MeasuredLatency,
     Timing,
@@ -141,6 +142,15 @@ def test_identical_layers_share_a_signature():
     for key in ("w8a8", "w4a8", "float"):
         assert table[("a", key)] == table[("b", key)]
     assert len({table[("a", k)] for k in ("w8a8", "w4a8", "float")}) == 3
+
+
+def test_pipeline_digest_ignores_comments_and_docstrings():
+    """Cached timings are keyed by a digest of the schedules' code: editing a comment or a
+    docstring keeps it (and every timing), changing the code does not."""
+    src = 'def f(x):\n    """Doc."""\n    return x + 1  # why\n'
+    assert code_digest_text(src) == code_digest_text("def f(x):\n    # another note\n    return x + 1\n")
+    assert code_digest_text(src) != code_digest_text('def f(x):\n    """Doc."""\n    return x + 2\n')
+    assert code_digest_text('"""Module doc."""\nX = 1\n') == code_digest_text("X = 1\n")
 
 
 class TinyAttention(torch.nn.Module):

@@ -14,8 +14,8 @@ wall time (``Timing``).
 Identical layers share one measurement: an op's *signature* is a digest of what decides its code --
 op kind, operand / weight / output shapes, conv attributes, the candidate, what the realization
 chose for it (activation dtype, zero point present or not, weight storage, accumulator dtype) and
-the compilation pipeline (a digest of tvm_mpq's pipeline and schedule sources and the TVM version,
-so changed schedules are measured afresh) --
+the compilation pipeline (a digest of the code of tvm_mpq's pipeline and schedules, comments and
+docstrings left out, and of the TVM version, so changed schedules are measured afresh) --
 and the cache (``LatencyCache``) keys measurements by (device namespace = target key [+ RPC key],
 signature). The cache file is JSON, rewritten atomically after every measurement, so a crash or a
 dead server loses nothing finished and a rerun measures only what is missing.
@@ -38,6 +38,7 @@ modules end to end and reports the sum-of-layers error for each.
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -324,11 +325,27 @@ def _attrs_dict(call) -> dict:
     }
 
 
+def code_digest_text(source: str) -> str:
+    """A module's code without its comments and docstrings (its AST, dumped): what a pipeline
+    digest hashes, so that editing a comment does not invalidate every cached timing."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):  # fmt: skip
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 @functools.lru_cache(maxsize=None)
 def pipeline_digest() -> str:
-    """Digest of the compilation pipeline's source (tvm_mpq.targets: the pipeline, the schedule
-    rules, fast math, the x86 intrinsics; tvm_mpq.passes.integer_ops: the kernels realize emits)
-    and the TVM version: part of every signature, so new schedules never reuse old timings."""
+    """Digest of the compilation pipeline's code (tvm_mpq.targets: the pipeline, the schedule
+    rules, fast math, the x86 intrinsics; tvm_mpq.passes.integer_ops: the kernels realize emits;
+    ``code_digest_text``) and the TVM version: part of every signature, so new schedules never
+    reuse old timings."""
     import inspect
 
     from tvm_mpq.passes import integer_ops
@@ -336,7 +353,7 @@ def pipeline_digest() -> str:
 
     h = hashlib.sha256(tvm.__version__.encode())
     for m in (pipeline, schedules, depthwise, fast_math, x86, integer_ops):
-        h.update(inspect.getsource(m).encode())
+        h.update(code_digest_text(inspect.getsource(m)).encode())
     return h.hexdigest()[:16]
 
 
